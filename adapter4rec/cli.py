@@ -1,0 +1,103 @@
+"""The `adapter4rec` command: train, evaluate, demo, report (and build-lmdb, cache).
+
+A run under torchrun (`torchrun --nproc_per_node N -m adapter4rec.cli train ...`) uses DDP with
+the same command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import Adapter4RecError
+
+
+def _train(args) -> None:
+    from .config import load_config
+    from .training.trainer import train
+
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.yaml").is_file():
+            raise Adapter4RecError(f"--resume {run}: no config.yaml there (not a run folder)")
+        cfg = load_config(run / "config.yaml", args.set)
+        train(cfg, run, resume=True)
+        return
+    if not args.output:
+        raise Adapter4RecError("train needs --output DIR (or --resume DIR)")
+    out = Path(args.output)
+    # a run killed before its first evaluation has checkpoints but no metrics yet
+    if any((out / p).exists() for p in ("metrics.jsonl", "checkpoints")) and not args.overwrite:
+        raise Adapter4RecError(f"{out} already holds a run: pass --resume {out} to continue it, "
+                               "--overwrite to start again there, or another --output")
+    train(load_config(args.config, args.set), out)  # a new run clears the folder's old one
+
+
+def _evaluate(args) -> None:
+    from .training.trainer import evaluate_run
+
+    print(json.dumps(evaluate_run(args.run, args.split, args.set), indent=2))
+
+
+def _demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.output, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+
+
+def _report(args) -> None:
+    from .report import report
+
+    report(args.runs, args.plot, args.markdown)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="adapter4rec", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="pretrain or adapt (init_from marks adaptation)")
+    t.add_argument("--config", help="experiment YAML (configs/...)")
+    t.add_argument("--output", help="run folder to write")
+    t.add_argument("--set", action="append", default=[], metavar="a.b=value", help="override a config key")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="full-ranking HR@10/NDCG@10 of a run's best checkpoint")
+    e.add_argument("--run", required=True, help="run folder")
+    e.add_argument("--split", default="test", choices=["valid", "test", "both"])
+    e.add_argument("--set", action="append", default=[], metavar="a.b=value")
+    e.set_defaults(func=_evaluate)
+
+    d = sub.add_parser("demo", help="synthetic source -> target transfer, end to end")
+    d.add_argument("--output", default="runs/demo")
+    d.add_argument("--epochs", type=int, default=6)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=_demo)
+
+    r = sub.add_parser("report", help="table (and plot) of runs' metrics.json")
+    r.add_argument("runs", nargs="+", help="run folders (or parents of run folders)")
+    r.add_argument("--plot", help="write a bar chart PNG here (needs matplotlib)")
+    r.add_argument("--markdown", help="write the table as Markdown here")
+    r.set_defaults(func=_report)
+
+    for extra in ("adapter4rec.data.images:add_build_lmdb_parser", "adapter4rec.cache:add_cache_parser"):
+        mod, fn = extra.split(":")
+        try:
+            getattr(__import__(mod, fromlist=[fn]), fn)(sub)
+        except (ImportError, AttributeError):  # that part of the library is not installed/built yet
+            pass
+
+    args = p.parse_args(argv)
+    try:
+        args.func(args)
+    except Adapter4RecError as err:
+        print(f"adapter4rec: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Layered, typed configuration: package defaults < experiment YAML < ``--set a.b=value``.
+
+Every field below is documented here and in README.md ("Config reference"). An unknown key or a
+value of the wrong type fails at start with its dotted name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str = ""                    # folder holding the users and items files
+    users_file: str = "users.tsv"     # `user_id<TAB>item item ...`, oldest first
+    items_file: str = "items.tsv"     # `item_id<TAB>title[<TAB>abstract]` (one column for images)
+    min_seq_len: int = 5              # users with fewer interactions are dropped (as the reference)
+    max_seq_len: int = 10             # inputs are the last max_seq_len items, left padded
+    max_title_len: int = 30           # tokens kept per title
+    with_abstract: bool = False       # append the abstract column to the title
+    exclude_history: bool = True      # mask the user's history when ranking (as the reference)
+    unknown_items: str = "error"      # item in users file missing from items file: error | drop
+    images: str = ""                  # LMDB image store (image items)
+    image_size: int = 0               # 0: the backbone's own image size
+    missing_image: str = "error"      # item without an image in the store: error | blank
+
+
+@dataclass
+class ModelConfig:
+    item_encoder: str = "text"        # text | image | id
+    pretrained: str = ""              # local Hugging Face folder, e.g. pretrained_models/bert-base-uncased
+    random_init: bool = False         # build the backbone from its config with random weights
+    pooling: str = "cls"              # cls | mean
+    user_encoder: str = "sasrec"      # sasrec | cpc (same network, CPC trains on the last position)
+    embedding_dim: int = 64           # d: item vectors, user vectors, SASRec width
+    num_blocks: int = 2               # SASRec transformer blocks
+    num_heads: int = 2                # SASRec attention heads
+    dropout: float = 0.1              # SASRec dropout
+
+
+@dataclass
+class PeftConfig:
+    method: str = "full"              # a name from adapter4rec.peft.available()
+    options: dict = field(default_factory=dict)  # the method's options (see README, PEFT methods)
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "inbatch"        # bce | inbatch | sampled_softmax (default chosen on real data)
+    num_negatives: int = 256          # sampled_softmax: K shared uniform negatives per batch
+    with_inbatch: bool = False        # sampled_softmax: add the batch's items as negatives too
+    epochs: int = 50                  # upper bound; early stopping usually ends sooner
+    batch_size: int = 64              # users per step (global, split across DDP ranks)
+    optimizer: str = "adamw"          # adam | adamw
+    lr: float = 1e-3                  # everything that is neither backbone nor inserted module
+    lr_backbone: float = 5e-5         # pretrained item-encoder backbone (when trained)
+    lr_peft: float = 1e-3             # inserted modules (adapters, LoRA, prompts, LayerNorm, ...)
+    weight_decay: float = 0.0         # AdamW/Adam weight decay
+    clip_grad_norm: float = 0.0       # 0: no clipping
+    patience: int = 5                 # early stopping on validation NDCG@10
+    eval_every: int = 1               # epochs between evaluations
+    seed: int = 42                    # seeds python, numpy, torch and the batch order
+    amp: str = "auto"                 # auto (bf16 on CUDA), bf16, fp32 ("off" in YAML reads as false)
+    num_workers: int = 0              # DataLoader workers
+    init_from: str = ""               # source-domain run folder or checkpoint: marks adaptation
+    max_steps_per_epoch: int = 0      # 0: the whole epoch (a cap for quick runs and benchmarks)
+    nonfinite: str = "error"          # loss/grad not finite: error | skip
+    checkpoint_every: int = 0         # also write checkpoints/latest every N steps (0: per epoch)
+    # Learning-rate schedule, stepped once per training batch (skipped batches included), its state
+    # saved in every checkpoint. none: constant; linear_warmup: linear rise from 0 over
+    # warmup_steps, then linear decay to 0 at the last step of the last epoch (as transformers'
+    # get_linear_schedule_with_warmup); cosine: the same warmup, then cosine decay to 0.
+    scheduler: str = "none"           # none | linear_warmup | cosine
+    warmup_steps: int = 0             # batches of linear warmup (linear_warmup, cosine)
+    progress: bool = True             # tqdm progress bars
+    compile: bool = False             # torch.compile the item encoder (dynamic shapes) on first use
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256             # users per scoring chunk
+    item_batch_size: int = 256        # items per encoding batch
+    k: int = 10                       # cut-off of HR@k / NDCG@k
+
+
+@dataclass
+class CacheConfig:
+    # Hidden-state cache (adapter4rec/cache): one frozen-backbone pass over all items writes the
+    # per-layer states a decoupled method reads; training and evaluation then never run the backbone.
+    enabled: bool = True              # iisan reads its states from the cache (false: backbone every step)
+    frozen: bool = False              # also serve peft.method frozen from the cache (pooled last layer)
+    dir: str = ""                     # cache root; "" -> $ADAPTER4REC_CACHE or ~/.cache/adapter4rec
+    dtype: str = "float16"            # float16 | bfloat16 (stored as raw 16-bit words)
+    batch_size: int = 256             # items per backbone batch while building
+    release_backbone: bool = True     # free the backbone's weights once the cache is attached
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, typ: Any, name: str) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if typ is dict and value is None:
+        return {}
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"config key '{name}' must be {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _merge(obj: Any, data: dict, prefix: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    known = {f.name: f for f in fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in data.items():
+        name = prefix + str(key)
+        if key not in known:
+            raise ConfigError(f"unknown config key '{name}' (known: {', '.join(known)})")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            _merge(getattr(obj, key), value, name + ".")
+        elif obj.__class__ is PeftConfig and key == "options":
+            getattr(obj, key).update(_coerce(value, dict, name))
+        else:
+            setattr(obj, key, _coerce(value, typ, name))
+
+
+def _set(data: dict, dotted: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"--set expects a.b=value, got {dotted!r}")
+    key, raw = dotted.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> Config:
+    """Defaults, then ``base`` (a dict), then the YAML file, then ``--set`` overrides."""
+    cfg = Config()
+    if base:
+        _merge(cfg, base, "")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        try:
+            _merge(cfg, data, "")
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    if overrides:
+        data: dict = {}
+        for o in overrides:
+            _set(data, o)
+        _merge(cfg, data, "")
+    validate(cfg)
+    return cfg
+
+
+CHOICES = {
+    "data.unknown_items": ("error", "drop"), "data.missing_image": ("error", "blank"),
+    "model.item_encoder": ("text", "image", "id"), "model.pooling": ("cls", "mean"),
+    "model.user_encoder": ("sasrec", "cpc"),
+    "train.objective": ("bce", "inbatch", "sampled_softmax"), "train.optimizer": ("adam", "adamw"),
+    "train.amp": ("auto", "bf16", "fp32"), "train.nonfinite": ("error", "skip"),
+    "train.scheduler": ("none", "linear_warmup", "cosine"),
+    "cache.dtype": ("float16", "bfloat16"),
+}
+
+
+def validate(cfg: Config) -> None:
+    for dotted, choices in CHOICES.items():
+        sec, key = dotted.split(".")
+        value = getattr(getattr(cfg, sec), key)
+        if value not in choices:
+            raise ConfigError(f"config key '{dotted}' must be one of {', '.join(choices)}; got {value!r}")
+    for dotted in ("data.max_seq_len", "data.min_seq_len", "data.max_title_len", "train.batch_size",
+                   "train.epochs", "model.embedding_dim", "eval.k", "eval.batch_size"):
+        sec, key = dotted.split(".")
+        if getattr(getattr(cfg, sec), key) < 1:
+            raise ConfigError(f"config key '{dotted}' must be at least 1, got {getattr(getattr(cfg, sec), key)}")
+    for dotted in ("train.patience", "train.eval_every", "model.num_heads", "eval.item_batch_size"):
+        sec, key = dotted.split(".")
+        if getattr(getattr(cfg, sec), key) < 1:
+            raise ConfigError(f"config key '{dotted}' must be at least 1, got {getattr(getattr(cfg, sec), key)}")
+    for dotted in ("train.checkpoint_every", "train.warmup_steps", "train.max_steps_per_epoch",
+                   "train.num_workers", "train.clip_grad_norm", "train.weight_decay",
+                   "train.num_negatives", "model.num_blocks"):
+        sec, key = dotted.split(".")
+        if getattr(getattr(cfg, sec), key) < 0:
+            raise ConfigError(f"config key '{dotted}' must not be negative, got {getattr(getattr(cfg, sec), key)}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.model.embedding_dim % cfg.model.num_heads:
+        raise ConfigError("model.embedding_dim must be divisible by model.num_heads")
+    if cfg.model.item_encoder != "id" and not cfg.model.pretrained:
+        raise ConfigError("model.pretrained must name a local model folder for text/image items")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def reference_markdown() -> str:
+    """The config reference table of README.md, made from the field comments above (one home)."""
+    import inspect
+    import re
+
+    src = inspect.getsource(inspect.getmodule(reference_markdown))
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    section = None
+    names = {"DataConfig": "data", "ModelConfig": "model", "PeftConfig": "peft",
+             "TrainConfig": "train", "EvalConfig": "eval"}
+    for line in src.splitlines():
+        m = re.match(r"class (\w+Config):", line)
+        if m:
+            section = names.get(m.group(1))
+            continue
+        m = re.match(r"    (\w+): [\w\[\], |]+ = (.+?)\s+# (.*)", line)
+        if section and m:
+            default = m.group(2).replace("field(default_factory=dict)", "{}")
+            rows.append(f"| `{section}.{m.group(1)}` | `{default}` | {m.group(3).replace(' | ', ' / ')} |")
+    return "\n".join(rows)

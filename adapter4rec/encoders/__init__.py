@@ -1,0 +1,32 @@
+"""Item encoders (text, image, id) and user encoders (SASRec; CPC is SASRec with another objective)."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .backbone import load_backbone, load_tokenizer
+from .id import IdContent, IdItemEncoder
+from .sasrec import SASRec
+from .text import TextContent, TextItemEncoder
+
+
+def build_item_encoder(cfg, data, content=None):
+    """(item encoder, content store) for the items of ``data`` under ``cfg.model``.
+
+    ``content`` may be passed in to reuse an already tokenised/opened store.
+    """
+    m = cfg.model
+    if m.item_encoder == "id":
+        return IdItemEncoder(data.n_items, m.embedding_dim), content or IdContent(data.n_items)
+    if m.item_encoder == "text":
+        backbone = load_backbone(m.pretrained, m.random_init, expect_type="bert|roberta")
+        if content is None:
+            content = TextContent.from_titles(data.texts, m.pretrained, cfg.data.max_title_len)
+        return TextItemEncoder(backbone, m.embedding_dim, m.pooling), content
+    if m.item_encoder == "image":
+        from .image import build_image_encoder  # the image path (LMDB, ViT/MAE)
+
+        return build_image_encoder(cfg, data, content)
+    raise ConfigError(f"unknown model.item_encoder {m.item_encoder!r}")
+
+
+__all__ = ["build_item_encoder", "load_backbone", "load_tokenizer", "SASRec", "TextContent",
+           "TextItemEncoder", "IdContent", "IdItemEncoder"]

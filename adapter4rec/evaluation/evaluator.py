@@ -1,0 +1,94 @@
+"""Full-ranking evaluation: one item-encoding pass, then all users scored in chunks.
+
+Under DDP the items are encoded in contiguous shards (one per rank) and gathered once; users are
+sharded too and only the metric sums are reduced.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.dataset import RecData, left_pad
+from ..training import distributed as dist
+from .metrics import target_ranks
+
+log = logging.getLogger("adapter4rec")
+
+
+@torch.no_grad()
+def encode_all_items(model, content, device, batch_size: int = 256, amp_dtype=None,
+                     progress: bool = False) -> torch.Tensor:
+    """[N + 1, d] item matrix (row 0 = padding, zeros); each rank encodes its shard once."""
+    n = len(content)
+    lo, hi = dist.shard_range(n, dist.rank(), dist.world())
+    enc = model.item_encoder
+    was_training = enc.training
+    enc.eval()
+    parts = []
+    ids = np.arange(lo + 1, hi + 1)
+    for s in tqdm(range(0, len(ids), batch_size), desc="encode items", disable=not progress,
+                  leave=False):
+        c = {k: v.to(device, non_blocking=True) for k, v in content.get(ids[s:s + batch_size]).items()}
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            parts.append(model.encode_items(c).float())  # side network / cached states too
+    enc.train(was_training)
+    local = torch.cat(parts) if parts else torch.zeros(0, _dim(model), device=device)
+    items = dist.gather_rows(local, n)
+    return torch.cat([items.new_zeros(1, items.shape[1]), items])
+
+
+def _dim(model) -> int:
+    return model.user_encoder.d
+
+
+@torch.no_grad()
+def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
+               batch_size: int = 256, exclude_history: bool = True, amp_dtype=None) -> torch.Tensor:
+    """Ranks of this rank's share of users' targets for ``split`` (valid | test)."""
+    user_enc = model.user_encoder
+    was_training = user_enc.training
+    user_enc.eval()
+    lo, hi = dist.shard_range(data.n_users, dist.rank(), dist.world())
+    L = data.max_seq_len
+    ranks = []
+    for s in range(lo, hi, batch_size):
+        users = range(s, min(s + batch_size, hi))
+        hist = torch.from_numpy(np.stack([left_pad(data.history(u, split), L) for u in users])).to(device)
+        tgt = torch.tensor([data.target(u, split) for u in users], device=device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            vec = model.user_vectors(items[hist], hist > 0).float()
+        scores = vec @ items.T
+        mask = None
+        if exclude_history:
+            mask = torch.zeros(scores.shape, dtype=torch.bool, device=device)
+            rows = np.concatenate([[b] * len(data.history(u, split)) for b, u in enumerate(users)])
+            cols = np.concatenate([data.history(u, split) for u in users])
+            mask[torch.from_numpy(rows).long(), torch.from_numpy(cols).long()] = True
+        ranks.append(target_ranks(scores, tgt, mask))
+    user_enc.train(was_training)
+    return torch.cat(ranks) if ranks else torch.zeros(0, device=device)
+
+
+def evaluate(model, content, data: RecData, device, splits=("valid", "test"), k: int = 10,
+             batch_size: int = 256, item_batch_size: int = 256, exclude_history: bool = True,
+             amp_dtype=None, progress: bool = False) -> dict[str, dict[str, float]]:
+    """{split: {"HR@k", "NDCG@k"}} for each split, from a single item-encoding pass."""
+    model = getattr(model, "module", model)  # DDP wrapper
+    items = encode_all_items(model, content, device, item_batch_size, amp_dtype, progress)
+    out = {}
+    for split in splits:
+        r = rank_users(model, items, data, split, device, batch_size, exclude_history, amp_dtype)
+        hit = (r <= k).sum().float()
+        ndcg = torch.where(r <= k, 1.0 / torch.log2(r.clamp(max=1e9) + 1), torch.zeros_like(r)).sum()
+        sums = dist.all_reduce_sum(torch.stack([hit, ndcg]).to(device).float())
+        out[split] = {f"HR@{k}": float(sums[0]) / data.n_users, f"NDCG@{k}": float(sums[1]) / data.n_users}
+    return out
+
+
+def unreachable_targets(data: RecData, split: str) -> int:
+    """Targets that are in the user's own history: with history excluded they can never be hit."""
+    return sum(int(data.target(u, split) in set(data.history(u, split).tolist()))
+               for u in range(data.n_users))

@@ -1,0 +1,63 @@
+"""The recommender every run trains: an item encoder, a user encoder, and an objective.
+
+One interface for SASRec, CPC, ID and content models (as RecBole's calculate_loss / predict):
+``forward(batch)`` returns the training loss, ``encode_items(content)`` item vectors and
+``user_vectors(item_vecs, mask)`` the last position of the user encoder.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import Config
+from .encoders import build_item_encoder
+from .encoders.sasrec import SASRec
+from .training import distributed as dist
+from .training.losses import OBJECTIVES
+
+
+class Recommender(nn.Module):
+    def __init__(self, item_encoder: nn.Module, user_encoder: nn.Module, objective: str = "bce",
+                 with_inbatch: bool = False):
+        super().__init__()
+        self.item_encoder, self.user_encoder = item_encoder, user_encoder
+        self.objective, self.with_inbatch = objective, with_inbatch
+        self.compile_items = False  # train.compile: torch.compile the item encoder on first use
+
+    def encode_items(self, content: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Item vectors [n, d] for ``content`` (a content store's ``get``): tokens / pixels through
+        the item encoder, or cached hidden states (``hidden``) through the side network of a
+        decoupled method (iisan) or the item head of a frozen backbone served from the cache."""
+        if self.compile_items:
+            self.compile_items = False
+            side = getattr(self.item_encoder, "peft_side", None)
+            (side if side is not None else self.item_encoder).compile(dynamic=True)
+        side = getattr(self.item_encoder, "peft_side", None)
+        if side is not None:
+            return side.encode(self.item_encoder, content)
+        if "hidden" in content:  # peft.method frozen with cache.frozen: the cached pooled output
+            head = self.item_encoder.project
+            return head(content["hidden"][:, -1].to(head[0].weight.dtype))
+        return self.item_encoder(**content)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        enc = self.encode_items(batch["content"]).float()        # [U, d], each item once
+        # under DDP each rank encoded a contiguous shard of the batch's items: gather all U rows
+        enc = dist.gather_rows(enc, len(batch["ids"]), grad=True)
+        items = torch.cat([enc.new_zeros(1, enc.shape[1]), enc])  # row 0: padding
+        inp = batch["inp"]
+        h = self.user_encoder(items[inp], inp > 0)
+        return OBJECTIVES[self.objective](h.float(), items, with_inbatch=self.with_inbatch, **batch)
+
+    def user_vectors(self, item_vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.user_encoder(item_vecs, mask)[:, -1]
+
+
+def build_model(cfg: Config, data, content=None):
+    """The model and the item content store for ``data`` (a RecData) under ``cfg``."""
+    item_encoder, content = build_item_encoder(cfg, data, content)
+    m = cfg.model
+    user = SASRec(m.embedding_dim, cfg.data.max_seq_len, m.num_blocks, m.num_heads, m.dropout)
+    model = Recommender(item_encoder, user, cfg.train.objective, cfg.train.with_inbatch)
+    model.compile_items = cfg.train.compile
+    return model, content

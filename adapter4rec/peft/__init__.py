@@ -1,0 +1,39 @@
+"""Parameter-efficient transfer: every adapter method of the study behind one switch.
+
+    from adapter4rec import peft
+    peft.available()                      # ['full', 'frozen', 'houlsby', ...]
+    summary = peft.apply(model, "houlsby", towers="both", item_bottleneck=64)
+    peft.save_adapter(model, "target.safetensors")     # trainable parameters + config only
+    peft.load_adapter(fresh_model, "target.safetensors")
+
+One module per method, each registering an options dataclass and an ``insert`` function
+(``registry.register``); the site map of each backbone family is in ``sites.py``. See docs/peft.md.
+"""
+from __future__ import annotations
+
+from . import bitfit, bottleneck, compacter, full, kadapter, layernorm, lora, prompt  # noqa: F401  (register)
+from . import iisan  # noqa: F401  (register: decoupled side networks, adapter4rec.cache)
+from .bottleneck import Bottleneck
+from .files import AdapterBank, load_adapter, model_bytes, read_adapter, save_adapter
+from .lora import merge, unmerge
+from .options import describe
+from .registry import REGISTRY, apply, available, defaults, get, register, summary
+from .sites import SITE_MAPS, SiteMap, site_map
+
+# registration order = the order of available()
+_ORDER = ["full", "frozen", "houlsby", "pfeiffer", "parallel", "kadapter", "compacter", "lora",
+          "prompt", "layernorm", "bitfit"]
+_rest = {k: v for k, v in REGISTRY.items() if k not in _ORDER}  # methods registered elsewhere
+_ordered = {k: REGISTRY[k] for k in _ORDER}
+REGISTRY.clear()
+REGISTRY.update({**_ordered, **_rest})
+
+
+def options_of(method: str) -> list[tuple[str, object, str]]:
+    """(option, default, description) of every option of ``method``."""
+    return describe(get(method).options)
+
+
+__all__ = ["available", "apply", "summary", "defaults", "options_of", "register", "save_adapter",
+           "load_adapter", "read_adapter", "AdapterBank", "merge", "unmerge", "model_bytes",
+           "Bottleneck", "SiteMap", "SITE_MAPS", "site_map"]

@@ -1,0 +1,58 @@
+"""`adapter4rec report`: one table (and optionally a bar chart) over runs' metrics.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from .errors import Adapter4RecError
+
+
+def collect(paths: list[str]) -> list[dict]:
+    rows = []
+    for p in paths:
+        for m in sorted(Path(p).rglob("metrics.json")):
+            run = m.parent
+            res = json.loads(m.read_text(encoding="utf-8"))
+            cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").exists() else {}
+            rows.append({"run": str(run), "method": cfg.get("peft", {}).get("method", "?"),
+                         "valid_NDCG@10": res["valid"].get("NDCG@10", float("nan")),
+                         "test_HR@10": res["test"].get("HR@10", float("nan")),
+                         "test_NDCG@10": res["test"].get("NDCG@10", float("nan")),
+                         "trainable": res.get("trainable_params", 0),
+                         "checkpoint_mb": res.get("checkpoint_mb", float("nan"))})
+    if not rows:
+        raise Adapter4RecError(f"no metrics.json under {', '.join(paths)}")
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
+                                         else str(v) for v in r.values()) + " |")
+    return "\n".join(lines)
+
+
+def report(paths: list[str], plot: str | None = None, markdown: str | None = None) -> list[dict]:
+    rows = collect(paths)
+    table = to_markdown(rows)
+    print(table)
+    if markdown:
+        Path(markdown).write_text(table + "\n", encoding="utf-8")
+    if plot:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise Adapter4RecError("--plot needs matplotlib: pip install 'adapter4rec[plots]'") from None
+        fig, ax = plt.subplots(figsize=(max(4, len(rows) * 0.8), 3.5))
+        ax.bar([Path(r["run"]).name for r in rows], [r["test_NDCG@10"] for r in rows])
+        ax.set_ylabel("test NDCG@10")
+        ax.tick_params(axis="x", rotation=45)
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+    return rows

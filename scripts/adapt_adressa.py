@@ -1,0 +1,21 @@
+"""Adapt the MIND-pretrained news recommender to Adressa with every PEFT method (the study's
+text setting, as the reference repository's script folder).
+
+    python scripts/adapt_adressa.py                          # every method, runs/adapt_adressa/<method>
+    python scripts/adapt_adressa.py --methods houlsby lora   # some of them
+    python scripts/adapt_adressa.py --set train.epochs=20    # any config key, in every run
+    python scripts/adapt_adressa.py --dry-run                # check the configs, list the runs
+
+Needs the source run ``runs/pretrain_mind`` (``train.init_from``), bert-base-uncased in
+``pretrained_models/bert-base-uncased`` and the Adressa files in ``Dataset/Adressa``. The configs
+are ``configs/adapt/adressa_<method>.yaml``; the runs go one after another through the library
+(``adapter4rec.peft.sweep``), a finished run is skipped and an interrupted one resumed.
+"""
+import sys
+from pathlib import Path
+
+from adapter4rec.peft.sweep import main
+
+if __name__ == "__main__":
+    sys.exit(main("adressa", __doc__.splitlines()[0],
+                  config_dir=Path(__file__).resolve().parents[1] / "configs" / "adapt"))

@@ -1,0 +1,41 @@
+"""Shared fixtures: small synthetic domains and a tiny random-weight BERT, made once per session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def domains(tmp_path_factory):
+    """(source_dir, target_dir): small synthetic transfer pair."""
+    from adapter4rec.data.synthetic import make_transfer_pair
+
+    return make_transfer_pair(tmp_path_factory.mktemp("synthetic"), seed=0, source_users=400,
+                              source_items=150, target_users=300, target_items=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    from adapter4rec.data.synthetic import write_tiny_bert
+
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), hidden_size=32, num_layers=2,
+                           num_heads=2, intermediate_size=64)
+
+
+@pytest.fixture(scope="session")
+def shared_datasets():
+    p = SHARED / "datasets"
+    if not (p / "amazon-scientific" / "users.tsv").is_file():
+        pytest.skip(f"real datasets not found at {p} (they live in ../shared/datasets beside the repo)")
+    return p
+
+
+def overrides(data, bert=None, **kw):
+    """--set style overrides for a quick CPU run."""
+    sets = [f"data.path={data}", "train.progress=false", "train.amp=fp32"]
+    sets.append(f"model.pretrained={bert}" if bert else "model.item_encoder=id")
+    sets += [f"{k.replace('__', '.')}={v}" for k, v in kw.items()]
+    return sets

@@ -1,0 +1,109 @@
+"""Runs the `adapter4rec` command line under probes, for tests/test_resume.py and tests/test_ddp.py.
+
+    python tests/reliability_helper.py [--block-at-forward N] [--report DIR] -- train --output RUN ...
+    torchrun --nproc_per_node 2 tests/reliability_helper.py --report DIR -- train --output RUN ...
+
+--block-at-forward N  on the N-th training forward pass of this process, write DIR/blocked and
+                      sleep until killed: a SIGKILL test then kills the run at a known point, with
+                      no timing involved.
+--report DIR          at exit, write DIR/rank<r>.json: the item rows each evaluation encoded on
+                      this rank, and every file operation under RUN made by a rank other than 0.
+
+Not a test module (pytest collects test_*.py only).
+"""
+from __future__ import annotations
+
+import argparse
+import builtins
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    split = argv.index("--")
+    p = argparse.ArgumentParser()
+    p.add_argument("--block-at-forward", type=int, default=0)
+    p.add_argument("--report", default="")
+    args = p.parse_args(argv[:split])
+    cli_args = argv[split + 1:]
+    run = Path(cli_args[cli_args.index("--output") + 1] if "--output" in cli_args
+               else cli_args[cli_args.index("--resume") + 1]).resolve()
+    rank = int(os.environ.get("RANK", 0))
+    report = Path(args.report) if args.report else None
+    if report:
+        report.mkdir(parents=True, exist_ok=True)
+
+    from adapter4rec import cli, model as model_mod
+    from adapter4rec.evaluation import evaluator
+
+    # --- block at the N-th training forward -------------------------------------------------------
+    calls = {"forward": 0}
+    forward = model_mod.Recommender.forward
+
+    def blocking_forward(self, batch):
+        if self.training:
+            calls["forward"] += 1
+            if calls["forward"] == args.block_at_forward:
+                (report / "blocked").write_text(str(calls["forward"]))
+                while True:  # wait for SIGKILL
+                    time.sleep(1)
+        return forward(self, batch)
+
+    if args.block_at_forward:
+        model_mod.Recommender.forward = blocking_forward
+
+    # --- count item rows encoded by evaluation on this rank ---------------------------------------
+    encoded: list[int] = []
+    encode_all_items = evaluator.encode_all_items
+
+    def counting_encode_all_items(model, content, *a, **kw):
+        enc = model.item_encoder
+        rows = [0]
+        handle = enc.register_forward_hook(lambda m, i, out: rows.__setitem__(0, rows[0] + len(out)))
+        try:
+            return encode_all_items(model, content, *a, **kw)
+        finally:
+            handle.remove()
+            encoded.append(rows[0])
+
+    evaluator.encode_all_items = counting_encode_all_items
+
+    # --- record file operations under the run folder on ranks other than 0 ------------------------
+    touched: list[str] = []
+    if rank != 0:
+        def under_run(path) -> bool:
+            try:
+                return Path(os.fsdecode(path)).resolve().is_relative_to(run)
+            except (TypeError, ValueError):
+                return False
+
+        def wrap(mod, name, is_write):
+            orig = getattr(mod, name)
+
+            def probe(*a, **kw):
+                if a and is_write(*a, **kw) and under_run(a[0]):
+                    touched.append(f"{name} {a[0]}")
+                return orig(*a, **kw)
+            setattr(mod, name, probe)
+
+        wrap(builtins, "open", lambda f, mode="r", *a, **kw: any(c in mode for c in "wax+"))
+        wrap(os, "open", lambda f, flags, *a, **kw: bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+        for name in ("replace", "rename", "unlink", "mkdir", "makedirs", "rmdir"):
+            wrap(os, name, lambda *a, **kw: True)
+        wrap(shutil, "rmtree", lambda *a, **kw: True)
+
+    try:
+        return cli.main(cli_args)
+    finally:
+        if report:
+            (report / f"rank{rank}.json").write_text(
+                json.dumps({"rank": rank, "eval_rows": encoded, "touched": touched}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""DDP on CPU (gloo): two processes under torchrun give the metrics of one process running the
+same global batch; evaluation splits the item encoding across ranks; only rank 0 writes files.
+
+Why the two agree: every rank builds the whole global batch and keeps its slice of the users and a
+shard of the batch's distinct items to encode; the encoded shards are gathered (with gradient), so
+candidate sets and negatives are the global batch's. Each rank's mean loss is weighted by its share
+of the global batch's trained positions, so the sum over ranks is the global mean. Dropout is off:
+two layouts draw different dropout masks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapter4rec.config import load_config
+from adapter4rec.training.checkpoint import load_weights
+from adapter4rec.training.trainer import load_data, train
+
+HELPER = Path(__file__).with_name("reliability_helper.py")
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
+                                not torch.distributed.is_gloo_available(), reason="needs gloo")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from adapter4rec.data.synthetic import make_domain, write_tiny_bert
+
+    root = tmp_path_factory.mktemp("ddp")
+    make_domain(root / "data", "source", n_users=150, n_items=80, seed=1)
+    bert = Path(write_tiny_bert(root / "bert", hidden_size=32, num_layers=1, num_heads=2,
+                                intermediate_size=64))
+    cfg = json.loads((bert / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # see module docstring
+    (bert / "config.json").write_text(json.dumps(cfg))
+    return root, str(bert)
+
+
+def _sets(root, bert, objective):
+    # 150 users, global batch 32: the last batch (22 users) splits 11/11, others 16/16
+    sets = [f"data.path={root / 'data'}", "train.epochs=2", "train.batch_size=32",
+            "train.progress=false", "train.amp=fp32", "model.dropout=0", "model.embedding_dim=32",
+            f"train.objective={objective}", "train.seed=5", "eval.item_batch_size=16"]
+    return sets + ([f"model.pretrained={bert}"] if bert else ["model.item_encoder=id"])
+
+
+def _torchrun(args, report, timeout=600):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HELPER), "--report", str(report), "--", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    return p
+
+
+@pytest.mark.parametrize("objective, encoder", [("inbatch", "text"), ("bce", "id")])
+def test_two_processes_match_one(setup, tmp_path, objective, encoder):
+    root, bert = setup
+    sets = _sets(root, bert if encoder == "text" else None, objective)
+    run, report = tmp_path / "ddp", tmp_path / "report"
+    args = ["train", "--output", str(run)]
+    for s in sets:
+        args += ["--set", s]
+    _torchrun(args, report)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as torchrun's processes: keeps the float rounding comparable
+    try:
+        one = train(load_config(overrides=sets), tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    two = json.loads((run / "metrics.json").read_text())
+    assert two["best_epoch"] == one["best_epoch"]
+    for split in ("valid", "test"):
+        for m, v in one[split].items():
+            assert two[split][m] == pytest.approx(v, abs=1e-6), (split, m)
+    recs2 = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    recs1 = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs2] == [r["epoch"] for r in recs1] == [0, 1]
+    for a, b in zip(recs1, recs2):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)  # the global mean
+        assert b["valid"] == pytest.approx(a["valid"], abs=1e-6)
+    # parameters agree to float rounding; the key biases are left out: their exact gradient is
+    # zero (softmax ignores a shift shared by all keys), so Adam turns rounding noise into steps
+    w1, w2 = load_weights(tmp_path / "one" / "checkpoints" / "latest"), load_weights(run / "checkpoints" / "latest")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        if not k.endswith("attn.key.bias"):
+            assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=1e-4), k
+
+    ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # evaluation: each item encoded once, on one rank; two evaluations (one per epoch)
+    n_items = load_data(load_config(overrides=sets)).n_items
+    rows0, rows1 = ranks[0]["eval_rows"], ranks[1]["eval_rows"]
+    assert len(rows0) == len(rows1) == 2
+    for a, b in zip(rows0, rows1):
+        assert a + b == n_items and abs(a - b) <= 1
+    # only rank 0 writes files
+    assert ranks[1]["touched"] == []
+    assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir())

