@@ -59,6 +59,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", default="runs", help="parent of the default run folders")
     ap.add_argument("--set", action="append", default=[], metavar="a.b=value", help="override a config key")
     ap.add_argument("--resume", action="store_true", help="continue the run in --output")
+    ap.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
     ap.add_argument("--smoke", action="store_true", help="one epoch on synthetic images with a tiny model")
     args = ap.parse_args(argv)
     from adapter4rec.training.trainer import train
@@ -72,6 +73,11 @@ def main(argv=None) -> dict:
         cfg = load_config(config, sets)
         if not args.smoke:
             check_data(cfg, "Dataset/HM/README.md")
+        if (out / "metrics.jsonl").exists() and not args.resume:
+            if not args.overwrite:
+                raise Adapter4RecError(f"{out} already holds a run: pass --resume to continue it, "
+                                       "--overwrite to start again there, or another --output")
+            (out / "metrics.jsonl").unlink()
         res = train(cfg, out, resume=args.resume)
     except Adapter4RecError as e:
         print(f"pretrain_hm: error: {e}", file=sys.stderr)

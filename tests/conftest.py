@@ -4,6 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models: one intra-op thread is faster than two fighting over 2 cores (and than spinning
+# OpenMP workers when other processes share the machine).
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -7,7 +7,9 @@
                       sleep until killed: a SIGKILL test then kills the run at a known point, with
                       no timing involved.
 --report DIR          at exit, write DIR/rank<r>.json: the item rows each evaluation encoded on
-                      this rank, and every file operation under RUN made by a rank other than 0.
+                      this rank, and every file operation under RUN made by a rank other than 0;
+                      and DIR/grads<r>.pt: the gradients of the first update (after DDP's
+                      all-reduce, before clipping), in the optimizer's parameter order.
 
 Not a test module (pytest collects test_*.py only).
 """
@@ -72,6 +74,21 @@ def main() -> int:
             encoded.append(rows[0])
 
     evaluator.encode_all_items = counting_encode_all_items
+
+    # --- the gradients of the first update ---------------------------------------------------------
+    if report:
+        import torch
+
+        clip = torch.nn.utils.clip_grad_norm_
+
+        def recording_clip(params, *a, **kw):
+            params = list(params)
+            out = report / f"grads{rank}.pt"
+            if not out.exists():
+                torch.save([p.grad.detach().clone() for p in params], out)
+            return clip(params, *a, **kw)
+
+        torch.nn.utils.clip_grad_norm_ = recording_clip
 
     # --- record file operations under the run folder on ranks other than 0 ------------------------
     touched: list[str] = []

@@ -132,3 +132,26 @@ def test_real_data_with_minilm(shared_datasets, tmp_path):
     n_items = load_data(cfg).n_items
     print(f"real Scientific slice, {n_items} items: HR@10 {res['test']['HR@10']:.4f}")
     assert res["test"]["HR@10"] > 10 / n_items
+
+
+def test_roberta_from_config_with_random_weights(domains, tmp_path):
+    """Any BERT-family/RoBERTa folder works; a folder with config + tokenizer but no weights needs
+    model.random_init (the true-size benchmark path), shrunk here to stay fast."""
+    import shutil
+
+    from conftest import SHARED
+
+    src = SHARED / "pretrained_configs" / "roberta-base"
+    if not src.is_dir():
+        pytest.skip(f"{src} not found")
+    folder = tmp_path / "roberta"
+    shutil.copytree(src, folder)
+    cfg_json = json.loads((folder / "config.json").read_text())
+    cfg_json.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    (folder / "config.json").write_text(json.dumps(cfg_json))
+    with pytest.raises(ConfigError, match="no weights"):
+        prepare(load_config(overrides=overrides(domains[1], folder)))
+    cfg = load_config(overrides=overrides(domains[1], folder, model__random_init="true",
+                                          model__pooling="mean", train__epochs=1))
+    res = train(cfg, tmp_path / "run")
+    assert res["total_params"] > 50257 * 32  # RoBERTa's own vocabulary: its tokenizer was used

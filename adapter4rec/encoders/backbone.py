@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -47,8 +48,25 @@ def load_backbone(path: str, random_init: bool = False, expect_type: str | None 
         raise ConfigError(
             f"pretrained model folder {p} has a config but no weights (expected one of "
             f"{', '.join(WEIGHT_FILES)}); set model.random_init: true to train from random weights")
-    return AutoModel.from_pretrained(p, config=config, dtype=torch.float32, local_files_only=True,
-                                     attn_implementation="sdpa", **kwargs)
+    try:
+        model, info = AutoModel.from_pretrained(
+            p, config=config, dtype=torch.float32, local_files_only=True,
+            attn_implementation="sdpa", output_loading_info=True, **kwargs)
+    except (RuntimeError, ValueError, OSError) as e:  # e.g. weight shapes that config.json contradicts
+        why = ("some weight shapes differ from the sizes in config.json"
+               if "mismatched" in str(e) else str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise ConfigError(f"pretrained model folder {p}: its weights do not load into the "
+                          f"'{config.model_type}' model its config.json describes ({why}); check "
+                          "that config.json and the weight file belong together") from None
+    # Weights of another architecture load "successfully" with every missing tensor freshly
+    # initialised (transformers only logs it): a silently untrained backbone. Refuse it.
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ConfigError(
+            f"pretrained model folder {p}: {len(missing)} weights of the '{config.model_type}' model "
+            f"its config.json describes are not in its weight file (e.g. {', '.join(missing[:5])}); "
+            "the folder's weights belong to another architecture or the file is incomplete")
+    return model
 
 
 def load_tokenizer(path: str):
@@ -57,12 +75,42 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(_check_folder(path), local_files_only=True)
 
 
+def cpu_bf16_units() -> str:
+    """The CPU's bf16 matrix units ("amx_bf16", "avx512_bf16"), "" when it has none: there bf16
+    autocast is emulated and slower than fp32."""
+    if os.environ.get("ADAPTER4REC_CPU_BF16") in ("0", "1"):  # override the detection
+        return "bf16 units (ADAPTER4REC_CPU_BF16=1)" if os.environ["ADAPTER4REC_CPU_BF16"] == "1" else ""
+    found = []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    found = [u for u in ("amx_bf16", "avx512_bf16") if u in flags]
+                    break
+    except OSError:
+        pass
+    if not found:  # no /proc/cpuinfo (macOS, ...): ask PyTorch's own CPU probe
+        cpu = getattr(torch, "cpu", None)
+        for name, probe in (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
+            try:
+                if getattr(cpu, probe)():
+                    found.append(name)
+            except (AttributeError, RuntimeError):
+                pass
+    return ", ".join(found)
+
+
 def hidden_size(backbone: nn.Module) -> int:
     return backbone.config.hidden_size
 
 
 class ContentEncoder(nn.Module):
-    """Shared by text and image item encoders: a backbone, pooling, Linear(hidden -> d) + GELU."""
+    """Shared by text and image item encoders: a backbone, pooling, Linear(hidden -> d) + GELU.
+
+    The backbone's frozen layers below the lowest trainable one run under ``torch.no_grad()``
+    (``no_grad_below``; see ``_enter_frozen_prefix``).
+    """
 
     def __init__(self, backbone: nn.Module, d: int, pooling: str = "cls"):
         super().__init__()
@@ -70,6 +118,9 @@ class ContentEncoder(nn.Module):
             raise ConfigError(f"model.pooling must be 'cls' or 'mean', got {pooling!r}")
         self.backbone, self.pooling = backbone, pooling
         self.project = nn.Sequential(nn.Linear(hidden_size(backbone), d), nn.GELU())
+        self.no_grad_below = True
+        backbone.register_forward_pre_hook(partial(_enter_frozen_prefix, self))
+        backbone.register_forward_hook(partial(_leave_frozen_prefix, self), always_call=True)
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.pooling == "cls":
@@ -78,3 +129,63 @@ class ContentEncoder(nn.Module):
             return hidden.mean(1)
         m = mask[..., None].to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def lowest_trainable_layer(backbone: nn.Module) -> tuple[int | None, nn.ModuleList | None]:
+    """(k, layers): layers[:k] hold nothing trainable and nothing before them does either.
+
+    k is 0 when anything outside the layer list trains (embeddings, a soft prompt, a module reading
+    the layers from outside, ...), None when nothing trains at all; modules after the layers
+    (ViT's final LayerNorm) count as the last layer.
+    """
+    from ..peft.sites import site_map  # site maps live with the PEFT methods
+
+    try:
+        path = site_map(backbone).layers
+    except ConfigError:
+        return 0, None
+    layers = backbone.get_submodule(path)
+    lowest = None
+    for name, p in backbone.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith(path + "."):
+            i = int(name[len(path) + 1:].split(".", 1)[0])
+        elif name.split(".", 1)[0] in ("layernorm", "pooler"):
+            i = len(layers) - 1
+        else:
+            return 0, layers
+        lowest = i if lowest is None else min(lowest, i)
+    return lowest, layers
+
+
+def _enable_grad(module, args):
+    torch.set_grad_enabled(True)
+
+
+def _enter_frozen_prefix(encoder: "ContentEncoder", module, args):
+    """Backbone pre-hook: run the frozen prefix (embeddings + layers below the lowest trainable
+    layer) without autograd, re-enabled by a one-call pre-hook on that layer.
+
+    Autograd itself keeps no activations for operations none of whose inputs require grad, so
+    this changes neither the gradients nor (today) the memory; it makes the guarantee explicit and
+    skips autograd's bookkeeping for the prefix."""
+    encoder.__dict__["_grad_before"] = None
+    if not (encoder.no_grad_below and torch.is_grad_enabled()):
+        return
+    k, layers = lowest_trainable_layer(module)
+    if k == 0:
+        return
+    encoder.__dict__["_grad_before"] = True
+    torch.set_grad_enabled(False)
+    if k is not None:
+        handle = layers[k].register_forward_pre_hook(_enable_grad)
+        encoder.__dict__["_grad_handle"] = handle
+
+
+def _leave_frozen_prefix(encoder: "ContentEncoder", module, args, output):
+    handle = encoder.__dict__.pop("_grad_handle", None)
+    if handle is not None:
+        handle.remove()
+    if encoder.__dict__.pop("_grad_before", None) is not None:
+        torch.set_grad_enabled(True)

@@ -191,6 +191,9 @@ def layer_states(encoder: nn.Module, content: dict, layers: list[int]) -> torch.
     """
     from .sites import site_map
 
+    if getattr(encoder, "backbone_released", False):
+        raise RuntimeError("this item encoder's backbone was released once the hidden-state cache was "
+                           "attached (cache.release_backbone): item content must come from the cache")
     backbone = encoder.backbone
     modality = modality_of(encoder)
     keys = IMAGE_KEYS if modality == "image" else TEXT_KEYS

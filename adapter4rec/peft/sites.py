@@ -15,12 +15,11 @@ A sublayer (``mha``, ``ffn``) is described by
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
 from ..errors import ConfigError
-from .options import TOWERS
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,6 @@ class SiteMap:
     linears: dict                             # LoRA targets: role -> path in a layer
     prompt: str | None = None                 # "text" (token embeddings) | "patch" (ViT embeddings)
     causal: bool = False                      # does the host mask future positions?
-    linear_roles: tuple = field(default=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"))
 
 
 BERT = SiteMap(
@@ -166,4 +164,4 @@ def tower_of(name: str) -> str:
 
 
 __all__ = ["Sublayer", "SiteMap", "BERT", "VIT", "SASREC", "SITE_MAPS", "site_map", "Tower", "towers",
-           "selected", "tower_of", "TOWERS"]
+           "selected", "tower_of"]

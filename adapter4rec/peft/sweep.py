@@ -72,9 +72,15 @@ def adapt(target: str, config_dir: str | Path, output: str | Path, methods: list
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = [c for c in (COLUMNS if "trainable" in (rows[0] if rows else {}) else ("method", "config", "output"))]
-    cells = [[("" if r.get(c) is None else f"{r[c]:.4f}" if isinstance(r.get(c), float) and "@" in c
-               else str(r[c])) for c in cols] for r in rows]
+    """A plain-text table of ``adapt``'s rows (dry run: method, config, output)."""
+    if not rows:
+        return "(no runs)"
+    cols = COLUMNS if "trainable" in rows[0] else ("method", "config", "output")
+
+    def cell(value) -> str:
+        return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import peft
+from ..cache import attach as attach_cache
 from ..config import Config, load_config, save_config
 from ..data.dataset import RecData, TrainBatches, build_data
 from ..errors import Adapter4RecError, CheckpointError
@@ -63,11 +64,20 @@ def setup_logging(output: Path | None = None) -> None:
 
 
 def amp_dtype(cfg: Config, device: torch.device):
+    """bf16 autocast or None (fp32). ``auto``: bf16 on CUDA and on CPUs with bf16 matrix units
+    (AMX-BF16 / AVX512-BF16), where it is about 1.7x faster; fp32 on other CPUs."""
+    from ..encoders.backbone import cpu_bf16_units
+
     if cfg.train.amp == "fp32":
         return None
     if cfg.train.amp == "bf16" or device.type == "cuda":
         return torch.bfloat16
-    return None
+    units = cpu_bf16_units()
+    if not getattr(amp_dtype, "_said", None) == (cfg.train.amp, units):
+        amp_dtype._said = (cfg.train.amp, units)  # say it once per process, not per evaluation
+        log.info("train.amp auto: %s", f"bf16 autocast (this CPU has {units})" if units else
+                 "fp32 (this CPU has no bf16 matrix units: bf16 would be slower)")
+    return torch.bfloat16 if units else None
 
 
 def resolve_checkpoint(path: str) -> Path:
@@ -97,6 +107,8 @@ def prepare(cfg: Config, data: RecData | None = None, content=None):
         kept = load_into(model, load_weights(src), str(src), skip_prefixes=ITEM_TABLES)
         log.info("initialised from %s (%d model keys kept as built)", src, len(kept))
     summary = peft.apply(model, cfg.peft.method, **cfg.peft.options)
+    # iisan (and frozen with cache.frozen) read cached hidden states instead of running the backbone
+    content = attach_cache(cfg, model, data, content)
     return data, model, content, summary
 
 

