@@ -34,9 +34,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    item_encoder: str = "text"        # text | image | id
+    item_encoder: str = "text"        # text | image | id | text+image (peft.method iisan only)
     pretrained: str = ""              # local Hugging Face folder, e.g. pretrained_models/bert-base-uncased
     random_init: bool = False         # build the backbone from its config with random weights
+    image_pretrained: str = ""        # text+image items: the image backbone folder (ViT / ViT-MAE)
     pooling: str = "cls"              # cls | mean
     user_encoder: str = "sasrec"      # sasrec | cpc (same network, CPC trains on the last position)
     embedding_dim: int = 64           # d: item vectors, user vectors, SASRec width
@@ -189,7 +190,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 CHOICES = {
     "data.unknown_items": ("error", "drop"), "data.missing_image": ("error", "blank"),
-    "model.item_encoder": ("text", "image", "id"), "model.pooling": ("cls", "mean"),
+    "model.item_encoder": ("text", "image", "id", "text+image"), "model.pooling": ("cls", "mean"),
     "model.user_encoder": ("sasrec", "cpc"),
     "train.objective": ("bce", "inbatch", "sampled_softmax"), "train.optimizer": ("adam", "adamw"),
     "train.amp": ("auto", "bf16", "fp32"), "train.nonfinite": ("error", "skip"),

@@ -55,7 +55,11 @@ class Recommender(nn.Module):
 
 def build_model(cfg: Config, data, content=None):
     """The model and the item content store for ``data`` (a RecData) under ``cfg``."""
-    item_encoder, content = build_item_encoder(cfg, data, content)
+    if cfg.model.item_encoder == "text+image":  # two backbones: only iisan combines them
+        from .encoders.multimodal import build_multimodal_encoder
+        item_encoder, content = build_multimodal_encoder(cfg, data, content)
+    else:
+        item_encoder, content = build_item_encoder(cfg, data, content)
     m = cfg.model
     user = SASRec(m.embedding_dim, cfg.data.max_seq_len, m.num_blocks, m.num_heads, m.dropout)
     model = Recommender(item_encoder, user, cfg.train.objective, cfg.train.with_inbatch)

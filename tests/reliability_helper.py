@@ -6,6 +6,8 @@
 --block-at-forward N  on the N-th training forward pass of this process, write DIR/blocked and
                       sleep until killed: a SIGKILL test then kills the run at a known point, with
                       no timing involved.
+--poison N:R:KIND     on rank R's N-th call of the objective make the loss NaN (KIND loss) or,
+                      the loss staying finite, its gradient (KIND gradient); repeatable.
 --report DIR          at exit, write DIR/rank<r>.json: the item rows each evaluation encoded on
                       this rank, and every file operation under RUN made by a rank other than 0;
                       and DIR/grads<r>.pt: the gradients of the first update (after DDP's
@@ -31,6 +33,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--block-at-forward", type=int, default=0)
     p.add_argument("--report", default="")
+    p.add_argument("--poison", action="append", default=[])
     args = p.parse_args(argv[:split])
     cli_args = argv[split + 1:]
     run = Path(cli_args[cli_args.index("--output") + 1] if "--output" in cli_args
@@ -58,6 +61,27 @@ def main() -> int:
 
     if args.block_at_forward:
         model_mod.Recommender.forward = blocking_forward
+
+    # --- poison the objective --------------------------------------------------------------------
+    poison = {}
+    for spec in args.poison:
+        n, r, kind = spec.split(":")
+        if int(r) == rank:
+            poison[int(n)] = kind
+    if poison:
+        from adapter4rec.training.losses import OBJECTIVES
+
+        for name, orig in list(OBJECTIVES.items()):
+            def objective(h, items, _orig=orig, **kw):
+                calls["objective"] = calls.get("objective", 0) + 1
+                loss = _orig(h, items, **kw)
+                kind = poison.get(calls["objective"])
+                if kind == "loss":
+                    return loss * float("nan")
+                if kind == "gradient":
+                    return loss + (h.sum() * 0).sqrt()  # value + 0; gradient inf * 0 = NaN
+                return loss
+            OBJECTIVES[name] = objective
 
     # --- count item rows encoded by evaluation on this rank ---------------------------------------
     encoded: list[int] = []

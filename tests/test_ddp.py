@@ -59,12 +59,14 @@ def _sets(root, bert, objective):
     return sets + ([f"model.pretrained={bert}"] if bert else ["model.item_encoder=id"])
 
 
-def _torchrun(args, report, timeout=600):
+def _torchrun(args, report, helper_args=("--",), check=True, timeout=600):
+    """torchrun, 2 CPU processes, running tests/reliability_helper.py [helper_args] args."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HELPER), "--report", str(report), "--", *args]
+           str(HELPER), "--report", str(report), *helper_args, *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    if check:
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     return p
 
 
@@ -131,3 +133,24 @@ def test_two_processes_match_one(setup, tmp_path, monkeypatch, objective, encode
     assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
     assert sorted(p.name for p in run.iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_nonfinite_on_one_rank_is_a_decision_of_all(setup, tmp_path):
+    """A NaN loss on rank 1 only, a NaN gradient from rank 0 only: both ranks skip the same
+    batches (no hang, no divergence); without skip both stop with the error."""
+    root, _ = setup
+    sets = _sets(root, None, "inbatch") + ["train.epochs=1"]
+    helper = ["--poison", "2:1:loss", "--poison", "4:0:gradient", "--"]
+    args = [a for s in sets for a in ("--set", s)]
+    run = tmp_path / "skip"
+    _torchrun(["train", "--output", str(run), *args, "--set", "train.nonfinite=skip"],
+              tmp_path / "r1", helper_args=helper)
+    assert json.loads((run / "metrics.json").read_text())["skipped_batches"] == 2
+    log = (run / "train.log").read_text()
+    assert "non-finite loss at global step 2" in log and "non-finite gradient at global step 4" in log
+    run = tmp_path / "error"
+    p = _torchrun(["train", "--output", str(run), *args], tmp_path / "r2", helper_args=helper,
+                  check=False)
+    assert p.returncode != 0
+    assert (p.stderr + p.stdout).count("non-finite loss at global step 2") == 2  # both ranks
+    assert (run / "checkpoints" / "nonfinite" / "model.safetensors").is_file()

@@ -110,22 +110,24 @@ def test_bad_sequence_lengths():
 
 # --- config ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("yaml_text, overrides, key", [
-    ("model:\n  dropuot: 0.2\n", [], "model.dropuot"),
-    ("train:\n  epochs: three\n", [], "train.epochs"),
-    ("train:\n  lr: [0.1]\n", [], "train.lr"),
-    ("train: 5\n", [], "train"),
-    ("", ["train.epochs=2.5"], "train.epochs"),
-    ("", ["train.progres=false"], "train.progres"),
-    ("", ["train.scheduler=step"], "train.scheduler"),
-    ("", ["train.warmup_steps=-1"], "train.warmup_steps"),
-    ("", ["train.checkpoint_every=-3"], "train.checkpoint_every"),
-    ("", ["model.dropout=1.5"], "model.dropout"),
+@pytest.mark.parametrize("patch, overrides, key", [
+    ({"model": {"dropuot": 0.2}}, [], "model.dropuot"),
+    ({"train": {"epochs": "three"}}, [], "train.epochs"),
+    ({"train": {"lr": [0.1]}}, [], "train.lr"),
+    ({"train": 5}, [], "train"),
+    ({}, ["train.epochs=2.5"], "train.epochs"),
+    ({}, ["train.progres=false"], "train.progres"),
+    ({}, ["train.scheduler=step"], "train.scheduler"),
+    ({}, ["train.warmup_steps=-1"], "train.warmup_steps"),
+    ({}, ["train.checkpoint_every=-3"], "train.checkpoint_every"),
+    ({}, ["model.dropout=1.5"], "model.dropout"),
 ])
-def test_config_errors_name_the_dotted_key(tmp_path, capsys, yaml_text, overrides, key):
+def test_config_errors_name_the_dotted_key(world, tmp_path, capsys, patch, overrides, key):
+    cfg = {"data": {"path": str(world[1])}, "model": {"item_encoder": "id"}, "train": {"epochs": 1}}
+    for section, value in patch.items():
+        cfg[section] = {**cfg[section], **value} if isinstance(value, dict) else value
     path = tmp_path / "c.yaml"
-    path.write_text("model:\n  item_encoder: id\n" if not yaml_text else yaml_text
-                    + ("model:\n  item_encoder: id\n" if not yaml_text.startswith("model") else ""))
+    path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match=rf"'{key}'"):
         load_config(path, overrides)
     # the command line prints it as one line and exits with 2, no traceback
@@ -203,24 +205,26 @@ def test_adaptation_checkpoint_that_does_not_fit_lists_the_keys(world, tmp_path)
         prepare(cfg)
     msg = str(e.value)
     assert "does not fit this model" in msg and "shape mismatches" in msg
-    assert "user_encoder.pos.weight: checkpoint (10, 16) vs model (10, 32)" in msg
+    assert "user_encoder.blocks.0.attn.key.weight: checkpoint (16, 16) vs model (32, 32)" in msg
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         prepare(load_config(overrides=id_sets(world[1], train__init_from=tmp_path / "none")))
 
 
 # --- non-finite loss and gradients --------------------------------------------------------------
 
-def poison(monkeypatch, calls: set[int], kind: str = "loss"):
-    """Make the objective's loss (or, keeping the loss finite, its gradient) NaN on these calls."""
+def poison(monkeypatch, calls: dict[int, str]):
+    """On these calls of the objective make the loss NaN ("loss") or, the loss staying finite,
+    its gradient ("gradient")."""
     orig = OBJECTIVES["bce"]
     count = [0]
 
     def objective(h, items, **kw):
         count[0] += 1
         loss = orig(h, items, **kw)
-        if count[0] in calls:
-            if kind == "loss":
-                return loss * float("nan")
+        kind = calls.get(count[0])
+        if kind == "loss":
+            return loss * float("nan")
+        if kind == "gradient":
             return loss + (h.sum() * 0).sqrt()  # value + 0; gradient inf * 0 = NaN
         return loss
     monkeypatch.setitem(OBJECTIVES, "bce", objective)
@@ -229,7 +233,7 @@ def poison(monkeypatch, calls: set[int], kind: str = "loss"):
 @pytest.mark.parametrize("kind", ["loss", "gradient"])
 def test_nonfinite_stops_naming_the_step_and_saves_the_state_before_the_update(
         world, tmp_path, monkeypatch, kind):
-    poison(monkeypatch, {3}, kind)
+    poison(monkeypatch, {3: kind})
     run = tmp_path / "run"
     with pytest.raises(TrainingError) as e:
         train(load_config(overrides=id_sets(world[1], train__checkpoint_every=1)), run)
@@ -245,10 +249,7 @@ def test_nonfinite_stops_naming_the_step_and_saves_the_state_before_the_update(
 
 
 def test_nonfinite_skip_counts_and_completes(world, tmp_path, monkeypatch):
-    poison(monkeypatch, {2, 9}, "loss")
-    poison_grad = OBJECTIVES["bce"]
-    poison(monkeypatch, set(), "loss")  # (reset)
-    monkeypatch.setitem(OBJECTIVES, "bce", poison_grad)
+    poison(monkeypatch, {2: "loss", 9: "gradient"})
     run = tmp_path / "run"
     res = train(load_config(overrides=id_sets(world[1], train__nonfinite="skip")), run)
     assert res["skipped_batches"] == 2

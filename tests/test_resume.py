@@ -218,9 +218,15 @@ def test_crash_then_resume_matches_uninterrupted(data, reference, tmp_path, monk
     if crash is CRASHES["mid_checkpoint_write"]:
         assert not (run / "checkpoints" / "latest").exists()
         assert find_checkpoint(run / "checkpoints" / "latest").name == ".old-latest"
+        # what a kill in the middle of writing the files would leave: partial temporaries
+        (run / "checkpoints" / ".new-latest.x1y2").mkdir()
+        (run / "checkpoints" / ".new-latest.x1y2" / ".model.safetensors.abc").write_bytes(b"\0" * 10)
+        (run / ".metrics.json.q9w8").write_text("{")
     train(load_config(run / "config.yaml"), run, resume=True)
     assert_same_run(reference, run)
     assert not (run / "checkpoints" / ".old-latest").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "latest"]
+    assert not list(run.glob(".*"))
     # resuming a finished run changes nothing
     train(load_config(run / "config.yaml"), run, resume=True)
     assert_same_run(reference, run)

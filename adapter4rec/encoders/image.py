@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
 from .backbone import ContentEncoder, load_backbone
@@ -66,6 +67,7 @@ class ImageItemEncoder(ContentEncoder):
         self.is_mae = backbone.config.model_type == "vit_mae"
         if self.is_mae:
             backbone.config.mask_ratio = 0.0  # every patch kept (load_backbone sets it too)
+            _fix_position_embeddings(backbone)
         self.image_size = int(backbone.config.image_size)
         self.patch_size = int(backbone.config.patch_size)
         # Not persistent: they come from the preprocessor config, not from checkpoints.
@@ -92,6 +94,18 @@ class ImageItemEncoder(ContentEncoder):
         else:
             pooled = hidden[:, 0]
         return self.project(pooled)
+
+
+def _fix_position_embeddings(backbone) -> None:
+    """ViT-MAE's position embeddings are a fixed 2-D sin-cos table (``requires_grad=False`` in the
+    model), but transformers 5's ``from_pretrained`` returns them as a trainable parameter, and a
+    PEFT method that unfreezes the backbone would train them. Held as a buffer they stay fixed
+    whatever the method; the values and the state-dict name are unchanged."""
+    emb = backbone.embeddings
+    pe = emb.position_embeddings
+    if isinstance(pe, nn.Parameter):
+        del emb.position_embeddings
+        emb.register_buffer("position_embeddings", pe.detach().clone())
 
 
 def build_image_encoder(cfg, data, content=None):

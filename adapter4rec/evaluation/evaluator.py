@@ -6,6 +6,7 @@ sharded too and only the metric sums are reduced.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -13,7 +14,6 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import RecData, left_pad
 from ..training import distributed as dist
-from .metrics import target_ranks
 
 log = logging.getLogger("adapter4rec")
 
@@ -44,30 +44,71 @@ def _dim(model) -> int:
     return model.user_encoder.d
 
 
+# Scores of one chunk of users hold at most this many elements (128 MB in fp32), so memory stays
+# bounded however many items are ranked: 256 users at 100k items, 32 users at 1M.
+SCORE_BUDGET = 2 ** 25
+
+
+def chunk_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None,
+                ge_out: torch.Tensor | None = None) -> torch.Tensor:
+    """``metrics.target_ranks`` with the excluded items given as a small [users, H] matrix of
+    distinct item ids per row (0 = none) instead of a dense [users, items] mask.
+
+    rank = 1 + #{items j >= 1, j != target, j not excluded : score_j >= score_target}; an excluded
+    target gets rank inf. One comparison pass over the scores (into ``ge_out``, a reusable bool
+    buffer, when given), then a correction over the <= H excluded items of each row.
+    """
+    scores = scores.float()
+    rows = torch.arange(len(targets), device=scores.device)
+    t = scores[rows, targets][:, None]
+    ge = torch.ge(scores, t, out=ge_out) if ge_out is not None else scores >= t
+    ahead = ge.view(torch.uint8).sum(1, dtype=torch.int32).long()
+    ahead -= ge[:, 0].long() + ge[rows, targets].long()  # the padding column and the target itself
+    if exclude is not None and exclude.numel():
+        other = (exclude > 0) & (exclude != targets[:, None])
+        ahead -= ((scores.gather(1, exclude) >= t) & other).sum(1)
+    rank = 1 + ahead.float()
+    if exclude is not None and exclude.numel():
+        rank[(exclude == targets[:, None]).any(1)] = math.inf
+    return rank
+
+
+def _exclusions(data: RecData, users, split: str) -> np.ndarray:
+    """[users, H] distinct history items of each user (0-padded)."""
+    hist = [np.unique(data.history(u, split)) for u in users]
+    out = np.zeros((len(hist), max((len(h) for h in hist), default=0)), dtype=np.int64)
+    for b, h in enumerate(hist):
+        out[b, :len(h)] = h
+    return out
+
+
 @torch.no_grad()
 def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
                batch_size: int = 256, exclude_history: bool = True, amp_dtype=None) -> torch.Tensor:
-    """Ranks of this rank's share of users' targets for ``split`` (valid | test)."""
+    """Ranks of this rank's share of users' targets for ``split`` (valid | test).
+
+    Users go in chunks of at most ``batch_size`` whose scores stay under ``SCORE_BUDGET``
+    elements; the history is excluded by correcting the count (no dense mask)."""
     user_enc = model.user_encoder
     was_training = user_enc.training
     user_enc.eval()
     lo, hi = dist.shard_range(data.n_users, dist.rank(), dist.world())
     L = data.max_seq_len
+    chunk = max(1, min(batch_size, SCORE_BUDGET // max(len(items), 1)))
     ranks = []
-    for s in range(lo, hi, batch_size):
-        users = range(s, min(s + batch_size, hi))
+    buf = ge_buf = None  # reused across chunks: no fresh (page-faulting) allocation per chunk
+    for s in range(lo, hi, chunk):
+        users = range(s, min(s + chunk, hi))
         hist = torch.from_numpy(np.stack([left_pad(data.history(u, split), L) for u in users])).to(device)
         tgt = torch.tensor([data.target(u, split) for u in users], device=device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             vec = model.user_vectors(items[hist], hist > 0).float()
-        scores = vec @ items.T
-        mask = None
-        if exclude_history:
-            mask = torch.zeros(scores.shape, dtype=torch.bool, device=device)
-            rows = np.concatenate([[b] * len(data.history(u, split)) for b, u in enumerate(users)])
-            cols = np.concatenate([data.history(u, split) for u in users])
-            mask[torch.from_numpy(rows).long(), torch.from_numpy(cols).long()] = True
-        ranks.append(target_ranks(scores, tgt, mask))
+        if buf is None:
+            buf = torch.empty(min(chunk, hi - lo), len(items), device=device)
+            ge_buf = torch.empty(buf.shape, dtype=torch.bool, device=device)
+        scores = torch.mm(vec, items.T, out=buf[:len(users)])
+        excl = torch.from_numpy(_exclusions(data, users, split)).to(device) if exclude_history else None
+        ranks.append(chunk_ranks(scores, tgt, excl, ge_buf[:len(users)]))
     user_enc.train(was_training)
     return torch.cat(ranks) if ranks else torch.zeros(0, device=device)
 

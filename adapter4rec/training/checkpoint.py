@@ -152,6 +152,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(dfd)
 
 
+def remove_partial_writes(folder: str | Path) -> None:
+    """Delete what writes cut short by a kill left in ``folder`` (``.new-*`` checkpoint folders,
+    ``.<name>.*`` temporary files); the files they were replacing are intact."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.is_dir() and p.name.startswith(".new-"):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.is_file() and any(p.name.startswith(f".{n}.") for n in _ATOMIC_NAMES):
+            p.unlink(missing_ok=True)
+
+
+_ATOMIC_NAMES = ("metrics.json", "metrics.jsonl", WEIGHTS, STATE)  # what _atomic writes in a run
+
+
 def find_checkpoint(folder: str | Path) -> Path | None:
     """The complete checkpoint folder for ``folder``: itself, or the copy a save that was cut
     short left as ``.old-<name>``; None when there is neither."""

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from ..evaluation.evaluator import evaluate, unreachable_targets
 from ..model import build_model
 from . import distributed as dist
 from .checkpoint import (find_checkpoint, load_checkpoint, load_into, load_weights, rng_state,
-                         save_checkpoint, set_rng_state, write_text_atomic)
+                         remove_partial_writes, save_checkpoint, set_rng_state,
+                         write_text_atomic)
 
 log = logging.getLogger("adapter4rec")
 
@@ -45,11 +47,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (pytest and notebooks replace it; a handler bound
+    to an old one would write to a closed file)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(output: Path | None = None) -> None:
     log.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in log.handlers):
-        h = logging.StreamHandler()
+    for h in [h for h in log.handlers if type(h) is logging.StreamHandler]:  # bound to a stream
+        log.removeHandler(h)
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        h = _Stderr()
         h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         log.addHandler(h)
     for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
@@ -186,6 +202,8 @@ def train(cfg: Config, output: str | Path, resume: bool = False, data: RecData |
         output.mkdir(parents=True, exist_ok=True)
         if not resume:
             _fresh_start(output)
+        remove_partial_writes(output)
+        remove_partial_writes(output / "checkpoints")
     dist.barrier()
     setup_logging(output)
     seed_everything(cfg.train.seed)
@@ -195,7 +213,7 @@ def train(cfg: Config, output: str | Path, resume: bool = False, data: RecData |
     model.to(device)
     for split in ("valid", "test"):
         n = unreachable_targets(data, split)
-        if n and cfg.data.exclude_history:
+        if n and cfg.data.exclude_history and dist.is_main():
             log.warning("%s: %d of %d targets are in the user's own history and, with "
                         "data.exclude_history, can never be hit", split, n, data.n_users)
     t = cfg.train
@@ -376,7 +394,8 @@ def _nonfinite(t, state, what: str, checkpoint, steps: int) -> None:
              f"{state['step'] + 1} of {steps})")
     if t.nonfinite == "skip":
         state["skipped"] += 1
-        log.warning("non-finite %s at %s: batch skipped (%d so far)", what, where, state["skipped"])
+        if dist.is_main():  # every rank takes the same decision
+            log.warning("non-finite %s at %s: batch skipped (%d so far)", what, where, state["skipped"])
         return
     checkpoint("nonfinite")
     raise TrainingError(f"non-finite {what} at {where}; the model and optimizer before this update "
