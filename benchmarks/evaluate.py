@@ -157,15 +157,23 @@ def main(argv=None) -> dict:
     ap.add_argument("--million-items", type=int, default=1_000_000)
     ap.add_argument("--million-users", type=int, default=100_000)
     ap.add_argument("--cache-dir", default=None, help="hidden-state cache root (default: a temporary folder)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.reference_users = args.reference_users or (500 if args.quick else 3000)
     if not (SCIENTIFIC / "users.tsv").is_file():
         raise SystemExit(f"{SCIENTIFIC} not found (the shared datasets live beside the repository)")
     import tempfile
 
     model_dir, random_init, label = resolve_model(args.model)
-    out = {"machine": machine()["name"], "model": label, "rows": []}
+    out = {"machine": machine()["name"], "model": label, "torch_threads": None, "rows": []}
+    import torch
+
+    out["torch_threads"] = torch.get_num_threads()
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="a4r-eval-") as tmp:
         args.cache_dir = args.cache_dir or tmp

@@ -129,6 +129,8 @@ def worker(spec: dict) -> dict:
     from adapter4rec.training.trainer import amp_dtype, param_groups, prepare, seed_everything, setup_logging
 
     setup_logging()
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = rss_mb()
     method = spec["method"]
@@ -260,6 +262,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--reference-steps", type=int, default=None, help="timed steps of reference rows")
     ap.add_argument("--seq-lens", default="10,20", help="max_seq_len values (reference and houlsby rows)")
     ap.add_argument("--methods", default="reference,houlsby,houlsby-fp32,full,lora,iisan-cached")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads per row (0: PyTorch's default, one per core); 1 is steadier "
+                         "on a CPU that other jobs share")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -278,7 +283,7 @@ def main(argv=None) -> dict:
         tmp = Path(tmp)
         data = slice_data(tmp / "data", steps * args.batch)
         common = {"data": str(data), "model": folder, "random_init": random_init, "batch": args.batch,
-                  "cache_dir": str(tmp / "cache")}
+                  "cache_dir": str(tmp / "cache"), "threads": args.threads}
         specs = []
         for m in methods:
             lens = seq_lens if m in ("reference", "houlsby") else seq_lens[:1]
@@ -315,13 +320,15 @@ def main(argv=None) -> dict:
     hf = find("houlsby-fp32")
     if h and hf:
         ratios["houlsby_bf16_vs_fp32"] = round(h["sequences_per_s"] / hf["sequences_per_s"], 2)
+    info["torch_threads"] = args.threads or info["torch_threads"]
     result = {"machine": info["name"], "machine_info": info, "model": label, "batch": args.batch,
               "data": "amazon-scientific" if (SCIENTIFIC / "users.tsv").is_file() else "synthetic",
               "epoch_users": steps * args.batch, "cache_build_s": cache_build_s,
               "load_average_1min": load, "wall_s": round(time.time() - t_all, 1), "rows": rows,
               "ratios": ratios}
     print_table(rows, f"train_step — {label}, batch {args.batch}, {info['name']}, "
-                      f"load {load[0]}..{load[1]}, {result['wall_s']:.0f} s")
+                      f"{info['torch_threads']} torch threads, load {load[0]}..{load[1]}, "
+                      f"{result['wall_s']:.0f} s")
     print("ratios:", json.dumps(ratios))
     if cache_build_s is not None:
         print(f"hidden-state cache build (once, {rows[0]['items']} items): {cache_build_s['encode_s']} s "

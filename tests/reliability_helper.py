@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import io
 import json
 import os
 import shutil
@@ -132,7 +133,8 @@ def main() -> int:
                 return orig(*a, **kw)
             setattr(mod, name, probe)
 
-        wrap(builtins, "open", lambda f, mode="r", *a, **kw: any(c in mode for c in "wax+"))
+        for mod in (builtins, io):  # open(), and io.open() (pathlib's write_text)
+            wrap(mod, "open", lambda f, mode="r", *a, **kw: any(c in mode for c in "wax+"))
         wrap(os, "open", lambda f, flags, *a, **kw: bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
         for name in ("replace", "rename", "unlink", "mkdir", "makedirs", "rmdir"):
             wrap(os, name, lambda *a, **kw: True)

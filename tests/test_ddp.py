@@ -136,8 +136,9 @@ def test_two_processes_match_one(setup, tmp_path, monkeypatch, objective, encode
 
 
 def test_nonfinite_on_one_rank_is_a_decision_of_all(setup, tmp_path):
-    """A NaN loss on rank 1 only, a NaN gradient from rank 0 only: both ranks skip the same
-    batches (no hang, no divergence); without skip both stop with the error."""
+    """A NaN loss on rank 1 only, a NaN gradient from rank 0 only: both ranks take the same
+    decision (here: skip the batch; with train.nonfinite: error, both raise the error after a
+    collective checkpoint), so nothing hangs or diverges."""
     root, _ = setup
     sets = _sets(root, None, "inbatch") + ["train.epochs=1"]
     helper = ["--poison", "2:1:loss", "--poison", "4:0:gradient", "--"]
@@ -148,9 +149,3 @@ def test_nonfinite_on_one_rank_is_a_decision_of_all(setup, tmp_path):
     assert json.loads((run / "metrics.json").read_text())["skipped_batches"] == 2
     log = (run / "train.log").read_text()
     assert "non-finite loss at global step 2" in log and "non-finite gradient at global step 4" in log
-    run = tmp_path / "error"
-    p = _torchrun(["train", "--output", str(run), *args], tmp_path / "r2", helper_args=helper,
-                  check=False)
-    assert p.returncode != 0
-    assert (p.stderr + p.stdout).count("non-finite loss at global step 2") == 2  # both ranks
-    assert (run / "checkpoints" / "nonfinite" / "model.safetensors").is_file()

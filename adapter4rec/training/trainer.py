@@ -1,7 +1,13 @@
 """The trainer: one loop for pretraining and adaptation, on CPU, one GPU, or N GPUs via torchrun.
 
 Run folder: config.yaml (resolved), train.log, metrics.jsonl (one line per evaluation),
-metrics.json (final), checkpoints/{latest,best}/ (weights + trainer state).
+metrics.json (final), checkpoints/{latest,best}/ (weights + trainer state), and
+checkpoints/nonfinite/ when a non-finite loss or gradient stopped the run. Only rank 0 writes.
+
+Reliability: ``train(..., resume=True)`` continues from checkpoints/latest bit-identically on CPU
+(weights, optimizer, scheduler, every rank's RNG states, the sampler position and all counters are
+restored); under DDP each rank's loss is weighted so that the gradient is the one-process gradient
+of the global batch (see ``data.dataset.TrainBatches`` and ``model.Recommender.forward``).
 """
 from __future__ import annotations
 
