@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     d = sub.add_parser("demo", help="synthetic source -> target transfer, end to end")
     d.add_argument("--output", default="runs/demo")
-    d.add_argument("--epochs", type=int, default=6)
+    d.add_argument("--epochs", type=int, default=5)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_demo)

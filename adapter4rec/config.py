@@ -101,6 +101,7 @@ class CacheConfig:
     dtype: str = "float16"            # float16 | bfloat16 (stored as raw 16-bit words)
     batch_size: int = 256             # items per backbone batch while building
     release_backbone: bool = True     # free the backbone's weights once the cache is attached
+    rebuild: bool = False             # rebuild even when the fingerprint matches (cache build --rebuild)
 
 
 @dataclass

@@ -28,14 +28,15 @@ def minilm_folder() -> str | None:
     return str(folder) if (folder / "config.json").is_file() else None
 
 
-def run_demo(out: str | Path = "runs/demo", epochs: int = 6, seed: int = 0, model: str | None = None,
+def run_demo(out: str | Path = "runs/demo", epochs: int = 5, seed: int = 0, model: str | None = None,
              progress: bool = True) -> list[dict]:
     from . import peft
     from .training.trainer import train
 
     out = Path(out)
     t0 = time.time()
-    src, tgt = make_transfer_pair(out / "data", seed=seed)
+    # a small target domain: where transfer from the source matters most
+    src, tgt = make_transfer_pair(out / "data", seed=seed, target_users=400)
     model = model or minilm_folder()
     if model is None:
         model = write_tiny_bert(out / "tiny-bert", seed=seed)

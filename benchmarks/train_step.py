@@ -6,6 +6,7 @@ Rows (each in its own subprocess, one after the other, so that peak memory is th
 - ``reference``: houlsby adapters, every slot of the batch through the backbone -- the user's L + 1
   items and L + 1 negatives, padding included, each title at the full ``max_title_len`` -- in fp32,
   as the reference implementation does (2 x 32 x 11 = 704 titles a step at L = 10);
+  ``reference-full`` is the same with full fine-tuning;
 - ``houlsby`` / ``full`` / ``lora``: the library's path -- each distinct item of the step encoded
   once, padding never encoded, titles trimmed to the batch's longest, ``train.amp: auto`` (bf16 on
   CUDA and on CPUs with bf16 matrix units), frozen prefix without autograd;
@@ -261,7 +262,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (= epoch of the data slice)")
     ap.add_argument("--reference-steps", type=int, default=None, help="timed steps of reference rows")
     ap.add_argument("--seq-lens", default="10,20", help="max_seq_len values (reference and houlsby rows)")
-    ap.add_argument("--methods", default="reference,houlsby,houlsby-fp32,full,lora,iisan-cached")
+    ap.add_argument("--methods", default=None,
+                    help="default: reference,reference-full,houlsby,houlsby-fp32,full,lora,iisan-cached "
+                         "(--quick: without reference-full)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads per row (0: PyTorch's default, one per core); 1 is steadier "
                          "on a CPU that other jobs share")
@@ -272,12 +275,13 @@ def main(argv=None) -> dict:
         print(json.dumps(worker(json.loads(args.worker))))
         return {}
 
-    steps = args.steps or (4 if args.quick else 20)
+    steps = args.steps or (3 if args.quick else 20)
     ref_steps = args.reference_steps or (2 if args.quick else min(steps, 10))
     folder, random_init, label = resolve_model(args.model)
     info = machine()
     seq_lens = [int(x) for x in args.seq_lens.split(",")]
-    methods = args.methods.split(",")
+    methods = (args.methods or ("reference,houlsby,houlsby-fp32,full,lora,iisan-cached" if args.quick else
+                                "reference,reference-full,houlsby,houlsby-fp32,full,lora,iisan-cached")).split(",")
     t_all = time.time()
     with tempfile.TemporaryDirectory(prefix="a4r-bench-") as tmp:
         tmp = Path(tmp)

@@ -72,6 +72,16 @@ def test_round_trip_matches_the_backbone(domains, tiny_bert, tmp_path):
     assert torch.equal(clone.get(ids)["hidden"], got)
 
 
+def test_bfloat16_cache(domains, tiny_bert, tmp_path):
+    cfg = iisan_cfg(domains[1], tiny_bert, tmp_path, cache__dtype="bfloat16", cache__release_backbone=False)
+    data, model, content, _ = prepare(cfg)
+    ids = np.array([1, 2, data.n_items])
+    got = content.get(ids)["hidden"]
+    direct = layer_states(model.item_encoder, content.stores["text"].get(ids), [0, 2])
+    assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), direct, atol=2e-2, rtol=1e-2)
+    assert model.encode_items(content.get(ids)).shape == (3, 64)
+
+
 def test_cached_and_uncached_side_network_agree(warm, domains, tiny_bert, tmp_path):
     cfg, data, model, content = warm
     cfg2 = iisan_cfg(domains[0], tiny_bert, tmp_path, cache__enabled="false")
@@ -84,6 +94,19 @@ def test_cached_and_uncached_side_network_agree(warm, domains, tiny_bert, tmp_pa
     a = model.encode_items(content.get(ids))
     b = model2.encode_items(content2.get(ids))
     assert torch.allclose(a, b, atol=5e-3), (a - b).abs().max()
+
+
+def test_adapter_file_of_a_cached_run_loads_into_an_uncached_model(warm, domains, tiny_bert, tmp_path):
+    cfg, data, model, content = warm
+    info = peft.save_adapter(model, tmp_path / "a.safetensors")
+    assert info["adapter_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fresh_cfg = load_config(overrides=overrides(domains[0], tiny_bert, peft__method="frozen"))
+    _, fresh, tokens, _ = prepare(fresh_cfg)  # a plain model: load_adapter applies iisan to it
+    fresh = type(fresh)(fresh.item_encoder, fresh.user_encoder)  # no PEFT applied yet
+    peft.load_adapter(fresh, tmp_path / "a.safetensors")
+    model.eval(), fresh.eval()
+    ids = np.arange(1, 30)
+    assert torch.allclose(model.encode_items(content.get(ids)), fresh.encode_items(tokens.get(ids)), atol=5e-3)
 
 
 def test_warm_cache_never_runs_the_backbone_and_loss_falls(warm):
@@ -164,10 +187,17 @@ def test_cli_build_and_info(domains, tiny_bert, tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["cache", "build", "--config", str(tmp_path / "c.yaml")]) == 0
     out = capsys.readouterr().out
-    folder = cache_folder(load_config(tmp_path / "c.yaml"), "text")
+    folder = cache_folder(load_config(tmp_path / "c.yaml"), "text", [0, 2])
     assert str(folder) in out and (folder / "hidden.bin").is_file()
     assert main(["cache", "info", str(folder)]) == 0
-    assert json.loads(capsys.readouterr().out)["layers"] == [0, 2]
+    index = json.loads(capsys.readouterr().out)
+    assert index["layers"] == [0, 2]
+    inode = (folder / "hidden.bin").stat().st_ino
+    assert main(["cache", "build", "--config", str(tmp_path / "c.yaml")]) == 0  # up to date: kept
+    assert (folder / "hidden.bin").stat().st_ino == inode
+    assert main(["cache", "build", "--config", str(tmp_path / "c.yaml"), "--rebuild"]) == 0
+    assert (folder / "hidden.bin").stat().st_ino != inode  # a new file replaced the old one
+    capsys.readouterr()
     assert main(["cache", "build", "--config", str(tmp_path / "c.yaml"), "--set", "peft.method=houlsby"]) == 2
     assert "reads no cached hidden states" in capsys.readouterr().err
 

@@ -108,14 +108,16 @@ def backbone_path(cfg, modality: str) -> str:
     return m.image_pretrained if modality == "image" and m.item_encoder == "text+image" else m.pretrained
 
 
-def cache_folder(cfg, modality: str) -> Path:
-    """One folder per (data, backbone, modality, source checkpoint); what is in it is checked by
-    the fingerprint, so title length, pooling, layers, weights or items may change: it is rebuilt."""
+def cache_folder(cfg, modality: str, layers: list[int] | None = None) -> Path:
+    """One folder per (data, backbone, modality, source checkpoint, layers read); what is in it is
+    checked by the fingerprint: when title length, pooling, weights or items change it is rebuilt.
+    (The layers are in the name so that iisan and a cached frozen run do not evict each other.)"""
     d = cfg.data
     model_dir = backbone_path(cfg, modality)
     key = digest(Path(d.path).resolve(), d.users_file, d.items_file, d.min_seq_len, d.max_seq_len,
                  d.with_abstract, Path(model_dir).resolve(), cfg.model.random_init, modality,
-                 Path(cfg.train.init_from).resolve() if cfg.train.init_from else "")
+                 Path(cfg.train.init_from).resolve() if cfg.train.init_from else "",
+                 "" if layers is None else layers)
     name = f"{_slug(Path(d.path).resolve().name)}-{_slug(Path(model_dir).name)}-{modality}-{key[:10]}"
     return cache_root(cfg) / name
 
@@ -236,7 +238,7 @@ def _trim_heap() -> None:
         pass
 
 
-def attach(cfg, model, data, content, device=None, rebuild: bool = False):
+def attach(cfg, model, data, content, device=None):
     """The content store of this run: ``content`` itself, or a ``CachedContent`` when the run's
     method reads hidden states (opened, or built on first use)."""
     from ..peft.iisan import modal_encoders
@@ -256,8 +258,8 @@ def attach(cfg, model, data, content, device=None, rebuild: bool = False):
         if getattr(enc, "backbone_released", False):
             raise ConfigError("the backbone was already released: attach the cache once per model")
         fp = fingerprint(enc, store, lay, model_dir, cfg.cache.dtype, amp)
-        folder = cache_folder(cfg, m)
-        if rebuild and dist.is_main() and (folder / "index.json").exists():
+        folder = cache_folder(cfg, m, lay)
+        if cfg.cache.rebuild and dist.is_main() and (folder / "index.json").exists():
             (folder / "index.json").unlink()
         dist.barrier()
         cache = dist.broadcast_object(open_cache(folder, fp) is not None)
@@ -308,10 +310,7 @@ def _build_main(args) -> None:
                           "frozen does with cache.frozen: true)")
     if not cfg.cache.enabled:
         raise ConfigError("cache.enabled is false in this config")
-    if args.rebuild:
-        modalities = ["text", "image"] if cfg.model.item_encoder == "text+image" else [cfg.model.item_encoder]
-        for m in modalities:
-            (cache_folder(cfg, m) / "index.json").unlink(missing_ok=True)
+    cfg.cache.rebuild = args.rebuild or cfg.cache.rebuild
     _, _, content, _ = prepare(cfg, load_data(cfg))
     for m, c in content.caches.items():
         print(f"{m}: {c.folder} {list(c.shape)} {c.dtype} layers {c.layers}")

@@ -129,6 +129,13 @@ def prepare(cfg: Config, data: RecData | None = None, content=None):
         kept = load_into(model, load_weights(src), str(src), skip_prefixes=ITEM_TABLES)
         log.info("initialised from %s (%d model keys kept as built)", src, len(kept))
     summary = peft.apply(model, cfg.peft.method, **cfg.peft.options)
+    if not cfg.train.init_from and not all(p.requires_grad for p in model.user_encoder.parameters()):
+        # Without a source checkpoint the user encoder is freshly initialised, not pretrained:
+        # freezing it would leave a random network in place, so it trains whatever the method.
+        for p in model.user_encoder.parameters():
+            p.requires_grad_(True)
+        summary = peft.summary(model)
+        log.info("no train.init_from: the user encoder is not pretrained and trains fully")
     # iisan (and frozen with cache.frozen) read cached hidden states instead of running the backbone
     content = attach_cache(cfg, model, data, content)
     return data, model, content, summary
