@@ -1,4 +1,4 @@
-"""The `adapter4rec` command: train, evaluate, demo, report (and build-lmdb, cache).
+"""The `adapter4rec` command: train, evaluate, demo, report, build-lmdb, cache.
 
 A run under torchrun (`torchrun --nproc_per_node N -m adapter4rec.cli train ...`) uses DDP with
 the same command line.
@@ -83,12 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--markdown", help="write the table as Markdown here")
     r.set_defaults(func=_report)
 
-    for extra in ("adapter4rec.data.images:add_build_lmdb_parser", "adapter4rec.cache:add_cache_parser"):
-        mod, fn = extra.split(":")
-        try:
-            getattr(__import__(mod, fromlist=[fn]), fn)(sub)
-        except (ImportError, AttributeError):  # that part of the library is not installed/built yet
-            pass
+    from .cache import add_cache_parser
+    from .data.images import add_build_lmdb_parser
+
+    add_build_lmdb_parser(sub)
+    add_cache_parser(sub)
 
     args = p.parse_args(argv)
     try:

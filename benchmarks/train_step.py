@@ -12,7 +12,8 @@ Rows (each in its own subprocess, one after the other, so that peak memory is th
   CUDA and on CPUs with bf16 matrix units), frozen prefix without autograd;
 - ``houlsby-fp32``: the same in fp32 (bf16 accuracy is checked against it: same init, same batches);
 - ``iisan-cached``: the decoupled side network reading the hidden-state cache (built once, before
-  the row; its build time is reported apart) -- the backbone never runs.
+  the row; its build time is reported apart) -- the backbone never runs; ``iisan-uncached``: the
+  same side network with the frozen backbone run (forward only, no gradient) every step.
 
 Every row trains with the reference's objective (BCE, one negative per position), batch 32 users.
 For each: ``sequences_per_s`` (users per second over the timed steps, batch building included),
@@ -23,6 +24,10 @@ resetting it through /proc/self/clear_refs; on CUDA torch.cuda.max_memory_alloca
 ``epoch_s`` (the timed steps are one epoch of a fixed slice of the data: the first
 ``steps x batch`` users), ``eval_s`` / ``valid_ndcg10`` (full-ranking validation of that slice
 after the epoch) and the mean training loss.
+
+Speeds are given from wall-clock time (``sequences_per_s``, ``ratios``) and from the process's CPU
+time (``cpu_sequences_per_s``, ``ratios_cpu``): with ``--threads 1`` CPU time measures the work even
+when other jobs share the cores, which wall-clock time does not.
 
 Data: ../shared/datasets/amazon-scientific (synthetic data when absent). ``--quick`` (about 3 minutes
 on 2 idle CPU cores) times 2 steps of the reference rows and 4 of the others.
@@ -136,7 +141,7 @@ def worker(spec: dict) -> dict:
     base = rss_mb()
     method = spec["method"]
     peft_method = {"reference": "houlsby", "reference-full": "full", "houlsby-fp32": "houlsby",
-                   "iisan-cached": "iisan", "iisan-fp32": "iisan"}.get(method, method)
+                   "iisan-cached": "iisan", "iisan-uncached": "iisan"}.get(method, method)
     sets = [f"data.path={spec['data']}", f"model.pretrained={spec['model']}",
             f"model.random_init={str(spec['random_init']).lower()}",
             f"data.max_seq_len={spec['seq_len']}", "data.max_title_len=30", f"peft.method={peft_method}",
@@ -144,6 +149,8 @@ def worker(spec: dict) -> dict:
             f"cache.dir={spec['cache_dir']}", "train.seed=7", "train.lr_backbone=5e-5"]
     if method.startswith("reference") or method.endswith("fp32"):
         sets.append("train.amp=fp32")
+    if method == "iisan-uncached":
+        sets.append("cache.enabled=false")
     cfg = load_config(overrides=sets)
     seed_everything(cfg.train.seed)
     data, model, content, summary = prepare(cfg)
@@ -178,14 +185,15 @@ def worker(spec: dict) -> dict:
     step(batches[0])  # warm-up (another epoch's first batch): allocator, optimizer state
     batches.set_epoch(0)
     steps = min(spec["steps"], len(batches))
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
     sync()
     t_epoch = time.perf_counter()
     for s in range(steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         losses.append(step(batches[s]))
         sync()
         times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
     epoch_s = time.perf_counter() - t_epoch
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_mb() - base)
     t = time.perf_counter()
@@ -194,6 +202,8 @@ def worker(spec: dict) -> dict:
     users = sum(len(batches[s]["inp"]) for s in range(steps))
     return {"method": method, "max_seq_len": spec["seq_len"], "precision": "bf16" if amp else "fp32",
             "sequences_per_s": round(users / sum(times), 2), "step_s": round(statistics.median(times), 3),
+            "cpu_sequences_per_s": round(users / sum(cpu_times), 3),
+            "cpu_step_s": round(statistics.median(cpu_times), 3),
             "peak_mem_mb": round(peak, 1), "peak_rss_mb": round(peak_mb(), 1), "epoch_s": round(epoch_s, 2),
             "epoch_steps": steps, "epoch_users": users, "eval_s": round(eval_s, 2),
             "valid_ndcg10": round(res["valid"]["NDCG@10"], 4), "mean_loss": round(sum(losses) / len(losses), 4),
@@ -244,10 +254,10 @@ def run_worker(spec: dict) -> dict:
 def print_table(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
     cols = [("method", 14, "s"), ("max_seq_len", 4, "d"), ("precision", 5, "s"), ("sequences_per_s", 9, ".2f"),
-            ("step_s", 8, ".3f"), ("peak_mem_mb", 9, ".0f"), ("epoch_s", 8, ".1f"), ("eval_s", 7, ".1f"),
-            ("valid_ndcg10", 7, ".4f"), ("mean_loss", 7, ".4f")]
+            ("step_s", 8, ".3f"), ("cpu_step_s", 8, ".3f"), ("peak_mem_mb", 9, ".0f"), ("epoch_s", 8, ".1f"),
+            ("eval_s", 7, ".1f"), ("valid_ndcg10", 7, ".4f"), ("mean_loss", 7, ".4f")]
     heads = {"method": "method", "max_seq_len": "L", "precision": "prec", "sequences_per_s": "seq/s",
-             "step_s": "step s", "peak_mem_mb": "peak MB", "epoch_s": "epoch s", "eval_s": "eval s",
+             "step_s": "step s", "cpu_step_s": "cpu s", "peak_mem_mb": "peak MB", "epoch_s": "epoch s", "eval_s": "eval s",
              "valid_ndcg10": "NDCG10", "mean_loss": "loss"}
     print(" ".join(f"{heads[c]:>{w}}" if f != "s" else f"{heads[c]:<{w}}" for c, w, f in cols))
     for r in rows:
@@ -263,8 +273,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--reference-steps", type=int, default=None, help="timed steps of reference rows")
     ap.add_argument("--seq-lens", default="10,20", help="max_seq_len values (reference and houlsby rows)")
     ap.add_argument("--methods", default=None,
-                    help="default: reference,reference-full,houlsby,houlsby-fp32,full,lora,iisan-cached "
-                         "(--quick: without reference-full)")
+                    help="default: reference,reference-full,houlsby,houlsby-fp32,full,lora,iisan-uncached,"
+                         "iisan-cached (--quick: without reference-full and iisan-uncached)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads per row (0: PyTorch's default, one per core); 1 is steadier "
                          "on a CPU that other jobs share")
@@ -281,7 +291,8 @@ def main(argv=None) -> dict:
     info = machine()
     seq_lens = [int(x) for x in args.seq_lens.split(",")]
     methods = (args.methods or ("reference,houlsby,houlsby-fp32,full,lora,iisan-cached" if args.quick else
-                                "reference,reference-full,houlsby,houlsby-fp32,full,lora,iisan-cached")).split(",")
+                                "reference,reference-full,houlsby,houlsby-fp32,full,lora,iisan-uncached,"
+                                "iisan-cached")).split(",")
     t_all = time.time()
     with tempfile.TemporaryDirectory(prefix="a4r-bench-") as tmp:
         tmp = Path(tmp)
@@ -298,7 +309,7 @@ def main(argv=None) -> dict:
         rows = []
         load = [round(os.getloadavg()[0], 2)]
         for spec in specs:
-            if spec["method"].startswith("iisan") and cache_build_s is None:
+            if spec["method"] == "iisan-cached" and cache_build_s is None:
                 t = time.perf_counter()  # build the cache in its own process: the row then opens it
                 built = run_worker({**spec, "build_only": True})
                 cache_build_s = {"encode_s": round(built["build_seconds"], 2),
@@ -310,30 +321,38 @@ def main(argv=None) -> dict:
     def find(method, L=seq_lens[0]):
         return next((r for r in rows if r["method"] == method and r["max_seq_len"] == L), None)
 
-    ratios = {}
-    h, ref, c = find("houlsby"), find("reference"), find("iisan-cached")
-    for L in seq_lens:
-        hl, rl = find("houlsby", L), find("reference", L)
-        if hl and rl:
-            key = "houlsby_vs_reference" if L == seq_lens[0] else f"houlsby_vs_reference_L{L}"
-            ratios[key] = round(hl["sequences_per_s"] / rl["sequences_per_s"], 2)
-    if h and c:
-        ratios["cached_vs_houlsby"] = round(c["sequences_per_s"] / h["sequences_per_s"], 2)
-        ratios["cached_mem_vs_houlsby"] = round(c["peak_mem_mb"] / h["peak_mem_mb"], 3)
-        ratios["cached_epoch_vs_houlsby"] = round(c["epoch_s"] / h["epoch_s"], 4)
-    hf = find("houlsby-fp32")
-    if h and hf:
-        ratios["houlsby_bf16_vs_fp32"] = round(h["sequences_per_s"] / hf["sequences_per_s"], 2)
+    def ratios_of(key: str) -> dict:
+        """Speed ratios from ``key`` (sequences_per_s: wall clock; cpu_sequences_per_s: CPU time)."""
+        out = {}
+        h, c = find("houlsby"), find("iisan-cached")
+        for L in seq_lens:
+            hl, rl = find("houlsby", L), find("reference", L)
+            if hl and rl:
+                name = "houlsby_vs_reference" if L == seq_lens[0] else f"houlsby_vs_reference_L{L}"
+                out[name] = round(hl[key] / rl[key], 2)
+        if h and c:
+            out["cached_vs_houlsby"] = round(c[key] / h[key], 2)
+            out["cached_mem_vs_houlsby"] = round(c["peak_mem_mb"] / h["peak_mem_mb"], 3)
+        for other, name in (("houlsby-fp32", "houlsby_bf16_vs_fp32"), ("iisan-uncached", "cached_vs_uncached"),
+                            ("full", "houlsby_vs_full")):
+            o = find(other)
+            base = c if other == "iisan-uncached" else h
+            if o and base:
+                out[name] = round(base[key] / o[key], 2)
+        return out
+
+    ratios, ratios_cpu = ratios_of("sequences_per_s"), ratios_of("cpu_sequences_per_s")
     info["torch_threads"] = args.threads or info["torch_threads"]
     result = {"machine": info["name"], "machine_info": info, "model": label, "batch": args.batch,
               "data": "amazon-scientific" if (SCIENTIFIC / "users.tsv").is_file() else "synthetic",
               "epoch_users": steps * args.batch, "cache_build_s": cache_build_s,
               "load_average_1min": load, "wall_s": round(time.time() - t_all, 1), "rows": rows,
-              "ratios": ratios}
+              "ratios": ratios, "ratios_cpu": ratios_cpu}
     print_table(rows, f"train_step — {label}, batch {args.batch}, {info['name']}, "
                       f"{info['torch_threads']} torch threads, load {load[0]}..{load[1]}, "
                       f"{result['wall_s']:.0f} s")
-    print("ratios:", json.dumps(ratios))
+    print("ratios (wall clock):", json.dumps(ratios))
+    print("ratios (CPU time):  ", json.dumps(ratios_cpu))
     if cache_build_s is not None:
         print(f"hidden-state cache build (once, {rows[0]['items']} items): {cache_build_s['encode_s']} s "
               f"encoding, {cache_build_s['process_s']} s for the whole process")

@@ -98,6 +98,9 @@ def test_cli_train_and_evaluate(domains, tiny_bert, tmp_path, capsys):
     got = json.loads(capsys.readouterr().out)
     final = json.loads((out / "metrics.json").read_text())
     assert got["test"]["NDCG@10"] == pytest.approx(final["test"]["NDCG@10"], abs=1e-6)
+    assert main(["report", str(tmp_path), "--markdown", str(tmp_path / "table.md")]) == 0
+    assert "| run | method |" in (tmp_path / "table.md").read_text()
+    assert str(out) in capsys.readouterr().out
     # a second train into the same folder is refused with a clear message
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--output", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
