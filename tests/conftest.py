@@ -7,7 +7,8 @@ import pytest
 import torch
 
 # Tiny models: one intra-op thread is faster than two fighting over 2 cores (and than spinning
-# OpenMP workers when other processes share the machine).
+# OpenMP workers when other processes share the machine), and every run of an exact comparison
+# rounds the same way (as torchrun's processes, started with OMP_NUM_THREADS=1).
 torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

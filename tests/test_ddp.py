@@ -41,15 +41,6 @@ def setup(tmp_path_factory):
     return root, str(bert)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: tiny models run faster so on a busy machine, and the one-process run
-    rounds as torchrun's processes (OMP_NUM_THREADS=1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _sets(root, bert, objective):
     # 150 users, global batch 32: the last batch (22 users) splits 11/11, others 16/16

@@ -24,15 +24,6 @@ lmdb = pytest.importorskip("lmdb")
 
 # --- fixtures ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: intra-op threads only add synchronisation (and make timings
-    collapse on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -28,15 +28,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "pretrained_configs"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one intra-op thread (two spin against each other, and against
-    any other process, on a small CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 METHODS = ["full", "frozen", "houlsby", "pfeiffer", "parallel", "kadapter", "compacter", "lora",
            "prompt", "layernorm", "bitfit"]
 SMALL = {"item_bottleneck": MI, "user_bottleneck": MU}

@@ -24,15 +24,6 @@ SMALL = {"houlsby": "item_bottleneck=8", "pfeiffer": "item_bottleneck=8", "paral
          "kadapter": "item_bottleneck=8", "compacter": "item_bottleneck=8", "prompt": "n_tokens=4"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one intra-op thread (two spin against each other, and against
-    any other process, on a small CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_bert):

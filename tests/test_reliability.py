@@ -26,14 +26,6 @@ from adapter4rec.training.losses import OBJECTIVES
 from adapter4rec.training.trainer import TrainingError, prepare, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: tiny models run faster so on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

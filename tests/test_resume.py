@@ -30,15 +30,6 @@ HELPER = Path(__file__).with_name("reliability_helper.py")
 TIMINGS = ("train_seconds", "epoch_seconds")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: tiny models run faster so on a busy machine, and every run of a
-    comparison (fixtures included) rounds the same way."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from .backbone import ContentEncoder, load_tokenizer
 
