@@ -204,8 +204,10 @@ def worker(spec: dict) -> dict:
             "sequences_per_s": round(users / sum(times), 2), "step_s": round(statistics.median(times), 3),
             "cpu_sequences_per_s": round(users / sum(cpu_times), 3),
             "cpu_step_s": round(statistics.median(cpu_times), 3),
-            "peak_mem_mb": round(peak, 1), "peak_rss_mb": round(peak_mb(), 1), "epoch_s": round(epoch_s, 2),
-            "epoch_steps": steps, "epoch_users": users, "eval_s": round(eval_s, 2),
+            "peak_mem_mb": round(peak, 1), "peak_rss_mb": round(peak_mb(), 1),
+            # the whole slice's epoch: measured, or (reference rows, fewer steps timed) scaled up
+            "epoch_s": round(epoch_s * len(batches) / steps, 2), "epoch_estimated": steps < len(batches),
+            "epoch_steps_timed": steps, "epoch_steps": len(batches), "timed_users": users, "eval_s": round(eval_s, 2),
             "valid_ndcg10": round(res["valid"]["NDCG@10"], 4), "mean_loss": round(sum(losses) / len(losses), 4),
             "trainable_params": summary["trainable"], "items": data.n_items}
 
