@@ -35,21 +35,14 @@ sys.path.insert(0, str(ROOT))
 
 from adapter4rec.data.images import ImageContent, build_lmdb, draw_item_image  # noqa: E402
 from adapter4rec.data.synthetic import TOPICS  # noqa: E402
-from adapter4rec.encoders.backbone import load_backbone  # noqa: E402
+from adapter4rec.encoders.backbone import cpu_name, load_backbone  # noqa: E402
 from adapter4rec.encoders.image import ImageItemEncoder, read_preprocessor  # noqa: E402
 
 CONFIGS = ROOT.parent / "shared" / "pretrained_configs"
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     out = {"cpu": cpu, "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
            else os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
            "python": platform.python_version(), "device": str(device),

@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 from adapter4rec.config import load_config
 from adapter4rec.demo import minilm_folder
+from adapter4rec.encoders.backbone import cpu_name
 from adapter4rec.training.trainer import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "amazon-scientific"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -58,15 +57,9 @@ CONFIGS = SHARED / "pretrained_configs"
 def machine() -> dict:
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from adapter4rec.encoders.backbone import cpu_bf16_units
+    from adapter4rec.encoders.backbone import cpu_bf16_units, cpu_name
+
+    cpu = cpu_name()
 
     out = {"cpu": cpu, "cpu_cores": len(os.sched_getaffinity(0)), "bf16_units": cpu_bf16_units(),
            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}

@@ -75,6 +75,19 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(_check_folder(path), local_files_only=True)
 
 
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (benchmarks record the machine they ran on)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def cpu_bf16_units() -> str:
     """The CPU's bf16 matrix units ("amx_bf16", "avx512_bf16"), "" when it has none: there bf16
     autocast is emulated and slower than fp32."""
