@@ -69,7 +69,7 @@ class TrainConfig:
     eval_every: int = 1               # epochs between evaluations
     seed: int = 42                    # seeds python, numpy, torch and the batch order
     amp: str = "auto"                 # auto (bf16 on CUDA), bf16, fp32 ("off" in YAML reads as false)
-    num_workers: int = 0              # DataLoader workers
+    num_workers: int = 0              # DataLoader workers: training batches and item passes
     init_from: str = ""               # source-domain run folder or checkpoint: marks adaptation
     max_steps_per_epoch: int = 0      # 0: the whole epoch (a cap for quick runs and benchmarks)
     nonfinite: str = "error"          # loss/grad not finite: error | skip

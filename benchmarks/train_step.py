@@ -30,7 +30,7 @@ time (``cpu_sequences_per_s``, ``ratios_cpu``): with ``--threads 1`` CPU time me
 when other jobs share the cores, which wall-clock time does not.
 
 Data: ../shared/datasets/amazon-scientific (synthetic data when absent). ``--quick`` (about 3 minutes
-on 2 idle CPU cores) times 2 steps of the reference rows and 4 of the others.
+on 2 idle CPU cores) times 1 step of the reference rows and 3 of the others.
 CPU time is shared with whatever else runs on the machine: compare figures within one run.
 """
 from __future__ import annotations
@@ -281,7 +281,7 @@ def main(argv=None) -> dict:
         return {}
 
     steps = args.steps or (3 if args.quick else 20)
-    ref_steps = args.reference_steps or (2 if args.quick else min(steps, 10))
+    ref_steps = args.reference_steps or (1 if args.quick else min(steps, 10))
     folder, random_init, label = resolve_model(args.model)
     info = machine()
     seq_lens = [int(x) for x in args.seq_lens.split(",")]

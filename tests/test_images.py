@@ -439,6 +439,20 @@ def test_peft_method_on_image_backbone(tiny, domain, image_data, kind, method):
                    for n, p in backbone.named_parameters() if p.requires_grad)
 
 
+def test_evaluation_item_pass_in_workers(tiny, domain, image_data):
+    """Images decoded in two DataLoader workers give the very item matrix and metrics of the
+    in-process pass (workers change where decoding runs, not what is encoded)."""
+    from adapter4rec.evaluation.evaluator import encode_all_items, evaluate
+
+    model, content, _ = _image_model(tiny, domain, image_data, "vit")
+    cpu = torch.device("cpu")
+    own = encode_all_items(model, content, cpu, batch_size=7)
+    workers = encode_all_items(model, content, cpu, batch_size=7, num_workers=2)
+    assert own.shape == (image_data.n_items + 1, 16) and torch.equal(own, workers)
+    assert evaluate(model, content, image_data, cpu, item_batch_size=7) == \
+        evaluate(model, content, image_data, cpu, item_batch_size=7, num_workers=2)
+
+
 # --- scripts ----------------------------------------------------------------------------------
 
 def test_pretrain_and_adapt_scripts_smoke(tmp_path, capsys):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.dataset import item_loader
 from ..errors import ConfigError
 from .store import (TORCH_DTYPES, HiddenCache, Writer, differences, digest, module_digest,
                     open_cache, read_index)
@@ -156,18 +157,6 @@ def fingerprint(encoder, store, layers: list[int], model_dir: str, dtype: str, a
 
 # ------------------------------------------------------------------------------------------- build
 
-class _Batches(torch.utils.data.Dataset):
-    def __init__(self, store, ids: np.ndarray, batch_size: int):
-        self.store, self.ids, self.bs = store, ids, batch_size
-
-    def __len__(self):
-        return (len(self.ids) + self.bs - 1) // self.bs
-
-    def __getitem__(self, i):
-        ids = self.ids[i * self.bs:(i + 1) * self.bs]
-        return int(ids[0]), self.store.get(ids)
-
-
 def build_cache(encoder, store, folder: str | Path, layers: list[int], fingerprint: dict,
                 dtype: str = "float16", batch_size: int = 256, device=None, amp=None,
                 progress: bool = True, num_workers: int = 0, desc: str = "cache") -> HiddenCache:
@@ -186,8 +175,7 @@ def build_cache(encoder, store, folder: str | Path, layers: list[int], fingerpri
     writer.open()
     lo, hi = dist.shard_range(n, dist.rank(), dist.world())
     ids = np.arange(lo + 1, hi + 1)
-    loader = torch.utils.data.DataLoader(_Batches(store, ids, batch_size), batch_size=None,
-                                         num_workers=num_workers)
+    loader = item_loader(store, ids, batch_size, num_workers, pin_memory=device.type == "cuda")
     was = next(encoder.parameters()).device
     encoder.to(device)
     t0 = time.time()

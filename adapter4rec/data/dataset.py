@@ -118,6 +118,28 @@ def unique_index(*arrays: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     return ids[1:], out
 
 
+class ItemBatches(torch.utils.data.Dataset):
+    """Consecutive batches of item ids with their content, for one pass over all items (evaluation,
+    cache build). In a DataLoader with workers, image decoding runs beside the encoder."""
+
+    def __init__(self, content, ids: np.ndarray, batch_size: int):
+        self.content, self.ids, self.bs = content, ids, batch_size
+
+    def __len__(self):
+        return (len(self.ids) + self.bs - 1) // self.bs
+
+    def __getitem__(self, i):
+        ids = self.ids[i * self.bs:(i + 1) * self.bs]
+        return int(ids[0]), self.content.get(ids)
+
+
+def item_loader(content, ids: np.ndarray, batch_size: int, num_workers: int = 0,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """(first id, content) batches of ``ids`` in order; ``num_workers`` 0 reads in this process."""
+    return torch.utils.data.DataLoader(ItemBatches(content, ids, batch_size), batch_size=None,
+                                       num_workers=num_workers, pin_memory=pin_memory)
+
+
 class TrainBatches(torch.utils.data.Dataset):
     """Step-indexed training batches of one epoch: item ``s`` is the whole batch of step ``s``.
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.dataset import RecData, left_pad
+from ..data.dataset import RecData, item_loader, left_pad
 from ..training import distributed as dist
 
 log = logging.getLogger("adapter4rec")
@@ -20,8 +20,9 @@ log = logging.getLogger("adapter4rec")
 
 @torch.no_grad()
 def encode_all_items(model, content, device, batch_size: int = 256, amp_dtype=None,
-                     progress: bool = False) -> torch.Tensor:
-    """[N + 1, d] item matrix (row 0 = padding, zeros); each rank encodes its shard once."""
+                     progress: bool = False, num_workers: int = 0) -> torch.Tensor:
+    """[N + 1, d] item matrix (row 0 = padding, zeros); each rank encodes its shard once.
+    ``num_workers`` > 0 reads content (decodes images) in DataLoader workers."""
     n = len(content)
     lo, hi = dist.shard_range(n, dist.rank(), dist.world())
     enc = model.item_encoder
@@ -29,9 +30,9 @@ def encode_all_items(model, content, device, batch_size: int = 256, amp_dtype=No
     enc.eval()
     parts = []
     ids = np.arange(lo + 1, hi + 1)
-    for s in tqdm(range(0, len(ids), batch_size), desc="encode items", disable=not progress,
-                  leave=False):
-        c = {k: v.to(device, non_blocking=True) for k, v in content.get(ids[s:s + batch_size]).items()}
+    loader = item_loader(content, ids, batch_size, num_workers, pin_memory=device.type == "cuda")
+    for _, c in tqdm(loader, desc="encode items", disable=not progress, leave=False):
+        c = {k: v.to(device, non_blocking=True) for k, v in c.items()}
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             parts.append(model.encode_items(c).float())  # side network / cached states too
     enc.train(was_training)
@@ -115,10 +116,11 @@ def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
 
 def evaluate(model, content, data: RecData, device, splits=("valid", "test"), k: int = 10,
              batch_size: int = 256, item_batch_size: int = 256, exclude_history: bool = True,
-             amp_dtype=None, progress: bool = False) -> dict[str, dict[str, float]]:
+             amp_dtype=None, progress: bool = False,
+             num_workers: int = 0) -> dict[str, dict[str, float]]:
     """{split: {"HR@k", "NDCG@k"}} for each split, from a single item-encoding pass."""
     model = getattr(model, "module", model)  # DDP wrapper
-    items = encode_all_items(model, content, device, item_batch_size, amp_dtype, progress)
+    items = encode_all_items(model, content, device, item_batch_size, amp_dtype, progress, num_workers)
     out = {}
     for split in splits:
         r = rank_users(model, items, data, split, device, batch_size, exclude_history, amp_dtype)

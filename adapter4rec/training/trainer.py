@@ -342,7 +342,8 @@ def train(cfg: Config, output: str | Path, resume: bool = False, data: RecData |
         if state["epoch"] % t.eval_every == 0 or state["epoch"] == t.epochs:
             res = evaluate(model, content, data, device, k=cfg.eval.k, batch_size=cfg.eval.batch_size,
                            item_batch_size=cfg.eval.item_batch_size,
-                           exclude_history=cfg.data.exclude_history, amp_dtype=amp)
+                           exclude_history=cfg.data.exclude_history, amp_dtype=amp,
+                           num_workers=t.num_workers)
             record.update(res)
             key = f"NDCG@{cfg.eval.k}"
             if res["valid"][key] > state["best"]:
@@ -447,4 +448,5 @@ def evaluate_run(run: str | Path, split: str = "test", overrides: list[str] | No
     model.to(device)
     splits = ("valid", "test") if split == "both" else (split,)
     return evaluate(model, content, data, device, splits, cfg.eval.k, cfg.eval.batch_size,
-                    cfg.eval.item_batch_size, cfg.data.exclude_history, amp_dtype(cfg, device))
+                    cfg.eval.item_batch_size, cfg.data.exclude_history, amp_dtype(cfg, device),
+                    num_workers=cfg.train.num_workers)
