@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adapter4rec.data.dataset import item_loader  # noqa: E402
 from adapter4rec.data.images import ImageContent, build_lmdb, draw_item_image  # noqa: E402
 from adapter4rec.data.synthetic import TOPICS  # noqa: E402
 from adapter4rec.encoders.backbone import cpu_name, load_backbone  # noqa: E402
@@ -75,18 +76,6 @@ def timed(fn, batches: int, batch_size: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return batches * batch_size / (time.perf_counter() - t0)
-
-
-class _Batches(torch.utils.data.Dataset):
-    def __init__(self, content, batch_size, n_batches):
-        self.content, self.bs, self.n = content, batch_size, n_batches
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, b):
-        ids = (np.arange(b * self.bs, (b + 1) * self.bs) % len(self.content)) + 1
-        return self.content.get(ids)
 
 
 def encoder(name: str, d: int = 64) -> ImageItemEncoder:
@@ -135,8 +124,8 @@ def main(argv=None) -> dict:
             return content.get((np.arange(b * bs, (b + 1) * bs) % args.images) + 1)
 
         ips["pipeline_main"] = timed(pipe, n_pipe, bs, torch.device("cpu"))
-        loader = torch.utils.data.DataLoader(_Batches(content, bs, n_pipe * 2 + 1), batch_size=None,
-                                             num_workers=args.workers)
+        ids = (np.arange((n_pipe * 2 + 1) * bs) % args.images) + 1
+        loader = item_loader(content, ids, bs, args.workers)  # the evaluation / cache-build reader
         t0 = None
         for _ in loader:  # timed from the first batch on: worker start-up left out
             t0 = t0 or time.perf_counter()
@@ -161,7 +150,7 @@ def main(argv=None) -> dict:
                     enc.zero_grad(set_to_none=True)
 
                 ips["train_vit"] = timed(step, max(1, args.batches // 2), bs, device)
-            del enc
+            enc = batch = None  # free this model before the next one is built
 
     print(f"image path on {res['machine']['device']} ({res['machine']['cpu']}, "
           f"{res['machine']['cpu_cores']} cores, {res['machine']['torch_threads']} torch threads"
