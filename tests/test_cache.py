@@ -130,6 +130,8 @@ def test_warm_cache_never_runs_the_backbone_and_loss_falls(warm):
                 total += float(loss.detach())
             losses.append(total / len(tb))
         res = evaluate(model, content, data, torch.device("cpu"))
+        # cached states read in DataLoader workers (the memory map reopened there): same metrics
+        assert evaluate(model, content, data, torch.device("cpu"), num_workers=2) == res
     finally:
         hook.remove()
     assert calls == []
