@@ -1,7 +1,9 @@
 """Layered, typed configuration: package defaults < experiment YAML < ``--set a.b=value``.
 
-Every field below is documented here and in README.md ("Config reference"). An unknown key or a
-value of the wrong type fails at start with its dotted name.
+A YAML file may start from others: ``extends: base.yaml`` (or a list, applied in order; paths
+relative to the file) loads the base first, then the file's own keys over it, so a file holds only
+what it changes. Every field below is documented here and in README.md ("Config reference"). An
+unknown key or a value of the wrong type fails at start with its dotted name.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .runtime.io import write_text_atomic
 
 
 @dataclass
@@ -162,9 +165,36 @@ def _set(data: dict, dotted: str) -> None:
     node[parts[-1]] = value
 
 
+def _files(p: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, Any]]:
+    """``p`` and its ``extends`` bases as (file, keys), in the order they apply: bases first.
+
+    Each file is merged on its own (not as one combined dict) so that an error names the file that
+    holds the bad key. ``chain`` is the files extending ``p``, to report a cycle instead of recursing.
+    """
+    if p.resolve() in [c.resolve() for c in chain]:
+        raise ConfigError("config extends cycle: " + " -> ".join(str(c) for c in chain + (p,)))
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    refs = data.pop("extends", []) if isinstance(data, dict) else []  # non-mapping: _merge says so
+    if isinstance(refs, str):
+        refs = [refs]
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise ConfigError(f"{p}: 'extends' must be a file name or a list of file names, got {refs!r}")
+    out: list[tuple[Path, Any]] = []
+    for ref in refs:
+        base = p.parent / ref  # relative to the extending file, not to the working directory
+        if not base.is_file():
+            raise ConfigError(f"{p}: extends {ref!r}, but {base} is not a file")
+        out += _files(base, chain + (p,))
+    return out + [(p, data)]
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> Config:
-    """Defaults, then ``base`` (a dict), then the YAML file, then ``--set`` overrides."""
+    """Defaults, then ``base`` (a dict), then the YAML file (after its ``extends`` bases), then
+    ``--set`` overrides."""
     cfg = Config()
     if base:
         _merge(cfg, base, "")
@@ -172,14 +202,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        try:
-            _merge(cfg, data, "")
-        except ConfigError as e:
-            raise ConfigError(f"{p}: {e}") from None
+        for f, keys in _files(p):
+            try:
+                _merge(cfg, keys, "")
+            except ConfigError as e:
+                raise ConfigError(f"{f}: {e}") from None
     if overrides:
         data: dict = {}
         for o in overrides:
@@ -230,7 +257,9 @@ def validate(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    """The fully resolved config (no ``extends``): a run folder's copy stands on its own. Atomic, so
+    a kill mid-write never leaves a half config.yaml that a resume would then fail to read."""
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def reference_markdown() -> str:
@@ -242,7 +271,7 @@ def reference_markdown() -> str:
     rows = ["| key | default | meaning |", "|---|---|---|"]
     section = None
     names = {"DataConfig": "data", "ModelConfig": "model", "PeftConfig": "peft",
-             "TrainConfig": "train", "EvalConfig": "eval"}
+             "TrainConfig": "train", "EvalConfig": "eval", "CacheConfig": "cache"}
     for line in src.splitlines():
         m = re.match(r"class (\w+Config):", line)
         if m:

@@ -2,7 +2,8 @@
 
 One interface for SASRec, CPC, ID and content models (as RecBole's calculate_loss / predict):
 ``forward(batch)`` returns the training loss, ``encode_items(content)`` item vectors and
-``user_vectors(item_vecs, mask)`` the last position of the user encoder.
+``user_vectors(item_vecs, mask)`` the last position of the user encoder. The model knows nothing
+of PEFT methods or caches: the item encoder routes its own content (``encoders.base``).
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from torch import nn
 from .config import Config
 from .encoders import build_item_encoder
 from .encoders.sasrec import SASRec
-from .training import distributed as dist
-from .training.losses import OBJECTIVES
+from .objectives import OBJECTIVES
+from .runtime import distributed as dist
 
 
 class Recommender(nn.Module):
@@ -22,23 +23,10 @@ class Recommender(nn.Module):
         super().__init__()
         self.item_encoder, self.user_encoder = item_encoder, user_encoder
         self.objective, self.with_inbatch = objective, with_inbatch
-        self.compile_items = False  # train.compile: torch.compile the item encoder on first use
 
     def encode_items(self, content: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Item vectors [n, d] for ``content`` (a content store's ``get``): tokens / pixels through
-        the item encoder, or cached hidden states (``hidden``) through the side network of a
-        decoupled method (iisan) or the item head of a frozen backbone served from the cache."""
-        if self.compile_items:
-            self.compile_items = False
-            side = getattr(self.item_encoder, "peft_side", None)
-            (side if side is not None else self.item_encoder).compile(dynamic=True)
-        side = getattr(self.item_encoder, "peft_side", None)
-        if side is not None:
-            return side.encode(self.item_encoder, content)
-        if "hidden" in content:  # peft.method frozen with cache.frozen: the cached pooled output
-            head = self.item_encoder.project
-            return head(content["hidden"][:, -1].to(head[0].weight.dtype))
-        return self.item_encoder(**content)
+        """Item vectors [n, d] for ``content`` (a content store's ``get``)."""
+        return self.item_encoder.encode(content)
 
     def forward(self, batch: dict) -> torch.Tensor:
         enc = self.encode_items(batch["content"]).float()        # [U, d], each item once
@@ -62,6 +50,4 @@ def build_model(cfg: Config, data, content=None):
         item_encoder, content = build_item_encoder(cfg, data, content)
     m = cfg.model
     user = SASRec(m.embedding_dim, cfg.data.max_seq_len, m.num_blocks, m.num_heads, m.dropout)
-    model = Recommender(item_encoder, user, cfg.train.objective, cfg.train.with_inbatch)
-    model.compile_items = cfg.train.compile
-    return model, content
+    return Recommender(item_encoder, user, cfg.train.objective, cfg.train.with_inbatch), content

@@ -59,7 +59,7 @@ def reference_ranking(model, items, data, split, users) -> None:
     """Rank ``users`` one at a time with a full argsort of all items, as the reference did."""
     import torch
 
-    from adapter4rec.data.dataset import left_pad
+    from adapter4rec.data.batching import left_pad
 
     L = data.max_seq_len
     with torch.no_grad():
@@ -90,7 +90,9 @@ def scientific(args, model_dir, random_init, out: dict) -> None:
 
     from adapter4rec.config import load_config
     from adapter4rec.evaluation.evaluator import encode_all_items, evaluate, rank_users
-    from adapter4rec.training.trainer import amp_dtype, prepare, setup_logging
+    from adapter4rec.pipeline import prepare
+    from adapter4rec.runtime.logging import setup_logging
+    from adapter4rec.runtime.precision import amp_dtype
 
     setup_logging()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,7 +105,7 @@ def scientific(args, model_dir, random_init, out: dict) -> None:
         with Clock() as prep:
             data, model, content, _ = prepare(cfg)  # iisan: builds the cache on first use
         model.to(device).eval()
-        amp = amp_dtype(cfg, device)
+        amp = amp_dtype(cfg.train.amp, device)
         bs = cfg.eval.item_batch_size
         row = {"size": "scientific", "users": data.n_users, "items": data.n_items,
                "encoder": "backbone" if method == "frozen" else "iisan (hidden-state cache)",
@@ -140,7 +142,8 @@ def encode_million(model_dir, random_init, n_items: int, device):
     from adapter4rec.config import load_config
     from adapter4rec.encoders.text import TextContent
     from adapter4rec.evaluation.evaluator import encode_all_items
-    from adapter4rec.training.trainer import amp_dtype, prepare
+    from adapter4rec.pipeline import prepare
+    from adapter4rec.runtime.precision import amp_dtype
 
     cfg = load_config(overrides=[f"data.path={SCIENTIFIC}", f"model.pretrained={model_dir}",
                                  f"model.random_init={str(random_init).lower()}", "train.progress=false",
@@ -152,14 +155,14 @@ def encode_million(model_dir, random_init, n_items: int, device):
     model.to(device).eval()
     with Clock() as enc:
         items = encode_all_items(model, big, device, cfg.eval.item_batch_size,
-                                 amp_dtype(cfg, device), progress=True)
+                                 amp_dtype(cfg.train.amp, device), progress=True)
     return model, items, enc
 
 
 def million(args, model_dir, random_init, out: dict) -> None:
     import torch
 
-    from adapter4rec.data.dataset import RecData
+    from adapter4rec.data.split import RecData
     from adapter4rec.encoders.sasrec import SASRec
     from adapter4rec.evaluation.evaluator import SCORE_BUDGET, rank_users
     from adapter4rec.model import Recommender

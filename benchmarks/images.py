@@ -33,10 +33,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapter4rec.data.dataset import item_loader  # noqa: E402
-from adapter4rec.data.images import ImageContent, build_lmdb, draw_item_image  # noqa: E402
+from adapter4rec.data.batching import item_loader  # noqa: E402
+from adapter4rec.data.images import ImageContent  # noqa: E402
+from adapter4rec.data.lmdb import build_lmdb  # noqa: E402
+from adapter4rec.data.synthetic import draw_item_image  # noqa: E402
 from adapter4rec.data.synthetic import TOPICS  # noqa: E402
-from adapter4rec.encoders.backbone import cpu_name, load_backbone  # noqa: E402
+from adapter4rec.encoders.backbone import load_backbone  # noqa: E402
+from adapter4rec.runtime.precision import cpu_name  # noqa: E402
 from adapter4rec.encoders.image import ImageItemEncoder, read_preprocessor  # noqa: E402
 
 CONFIGS = ROOT.parent / "shared" / "pretrained_configs"

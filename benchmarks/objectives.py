@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from adapter4rec.config import load_config
-from adapter4rec.demo import minilm_folder
-from adapter4rec.encoders.backbone import cpu_name
+from adapter4rec.experiments.demo import minilm_folder
+from adapter4rec.runtime.precision import cpu_name
 from adapter4rec.training.trainer import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "amazon-scientific"

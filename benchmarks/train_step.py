@@ -57,7 +57,7 @@ CONFIGS = SHARED / "pretrained_configs"
 def machine() -> dict:
     import torch
 
-    from adapter4rec.encoders.backbone import cpu_bf16_units, cpu_name
+    from adapter4rec.runtime.precision import cpu_bf16_units, cpu_name
 
     cpu = cpu_name()
 
@@ -91,7 +91,7 @@ def peak_mb() -> float:
 
 def reference_loss(model, batch, tokens, pad_id):
     """The reference's step: every slot -- L + 1 items and L + 1 negatives per user, padding
-    included -- through the item encoder at full title length, fp32; BCE as ``losses.bce``."""
+    included -- through the item encoder at full title length, fp32; BCE as ``objectives.bce``."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -123,9 +123,13 @@ def worker(spec: dict) -> dict:
     import torch
 
     from adapter4rec.config import load_config
-    from adapter4rec.data.dataset import TrainBatches
+    from adapter4rec.data.batching import TrainBatches
     from adapter4rec.evaluation.evaluator import evaluate
-    from adapter4rec.training.trainer import amp_dtype, param_groups, prepare, seed_everything, setup_logging
+    from adapter4rec.pipeline import prepare
+    from adapter4rec.runtime.logging import setup_logging
+    from adapter4rec.runtime.precision import amp_dtype
+    from adapter4rec.runtime.seed import seed_everything
+    from adapter4rec.training.optim import param_groups
 
     setup_logging()
     if spec.get("threads"):
@@ -151,7 +155,7 @@ def worker(spec: dict) -> dict:
         return {"method": method, "build_seconds": sum(c.index.get("build_seconds", 0.0)
                                                        for c in content.caches.values())}
     model.to(device).train()
-    amp = amp_dtype(cfg, device)
+    amp = amp_dtype(cfg.train.amp, device)
     batches = TrainBatches(data, content, cfg.train.batch_size, "bce", seed=cfg.train.seed)
     optimizer = torch.optim.AdamW(param_groups(model, cfg))
     reference = method.startswith("reference")
@@ -209,7 +213,7 @@ def worker(spec: dict) -> dict:
 
 def resolve_model(name: str) -> tuple[str, bool, str]:
     """(folder, random_init, label)."""
-    from adapter4rec.demo import minilm_folder
+    from adapter4rec.experiments.demo import minilm_folder
 
     if name == "minilm":
         folder = minilm_folder()

@@ -9,12 +9,12 @@ text setting, as the reference repository's script folder).
 Needs the source run ``runs/pretrain_mind`` (``train.init_from``), bert-base-uncased in
 ``pretrained_models/bert-base-uncased`` and the Adressa files in ``Dataset/Adressa``. The configs
 are ``configs/adapt/adressa_<method>.yaml``; the runs go one after another through the library
-(``adapter4rec.peft.sweep``), a finished run is skipped and an interrupted one resumed.
+(``adapter4rec.experiments.sweep``), a finished run is skipped and an interrupted one resumed.
 """
 import sys
 from pathlib import Path
 
-from adapter4rec.peft.sweep import main
+from adapter4rec.experiments.sweep import main
 
 if __name__ == "__main__":
     sys.exit(main("adressa", __doc__.splitlines()[0],

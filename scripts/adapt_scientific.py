@@ -8,12 +8,12 @@
 Needs the source run ``runs/pretrain_instrument`` (``train.init_from``), all-MiniLM-L6-v2 in
 ``pretrained_models/all-MiniLM-L6-v2`` and the data in ``../shared/datasets/amazon-scientific``.
 The configs are ``configs/adapt/scientific_<method>.yaml``; the runs go one after another through
-the library (``adapter4rec.peft.sweep``), a finished run is skipped and an interrupted one resumed.
+the library (``adapter4rec.experiments.sweep``), a finished run is skipped and an interrupted one resumed.
 """
 import sys
 from pathlib import Path
 
-from adapter4rec.peft.sweep import main
+from adapter4rec.experiments.sweep import main
 
 if __name__ == "__main__":
     sys.exit(main("scientific", __doc__.splitlines()[0],

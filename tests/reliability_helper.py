@@ -70,7 +70,7 @@ def main() -> int:
         if int(r) == rank:
             poison[int(n)] = kind
     if poison:
-        from adapter4rec.training.losses import OBJECTIVES
+        from adapter4rec.objectives import OBJECTIVES
 
         for name, orig in list(OBJECTIVES.items()):
             def objective(h, items, _orig=orig, **kw):

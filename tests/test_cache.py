@@ -11,11 +11,13 @@ from adapter4rec import peft
 from adapter4rec.cache import CachedContent, cache_folder, read_index
 from adapter4rec.cli import main
 from adapter4rec.config import load_config
-from adapter4rec.data.dataset import TrainBatches
+from adapter4rec.data.batching import TrainBatches
 from adapter4rec.errors import ConfigError
 from adapter4rec.evaluation.evaluator import evaluate
 from adapter4rec.peft.iisan import layer_states, read_layers
-from adapter4rec.training.trainer import param_groups, prepare, seed_everything
+from adapter4rec.pipeline import prepare
+from adapter4rec.runtime.seed import seed_everything
+from adapter4rec.training.optim import param_groups
 
 from conftest import overrides
 
@@ -218,7 +220,7 @@ def test_frozen_method_served_from_the_cache(domains, tiny_bert, tmp_path):
 
 
 def test_image_and_text_image_items(tiny_bert, tmp_path):
-    from adapter4rec.data.images import make_image_domain, write_tiny_vit
+    from adapter4rec.data.synthetic import make_image_domain, write_tiny_vit
     from adapter4rec.training.trainer import train
 
     make_image_domain(tmp_path / "d", "target", n_users=150, n_items=60, keep_titles=True)

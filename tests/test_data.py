@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from adapter4rec.data.dataset import TrainBatches, build_data, left_pad, unique_index
+from adapter4rec.data.batching import TrainBatches, left_pad, unique_index
+from adapter4rec.data.split import build_data
 from adapter4rec.encoders.id import IdContent
 from adapter4rec.errors import ConfigError, DataError
 

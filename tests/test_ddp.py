@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from adapter4rec.config import load_config
-from adapter4rec.training.checkpoint import load_weights
-from adapter4rec.training.trainer import load_data, train
+from adapter4rec.runtime.io import load_weights
+from adapter4rec.pipeline import load_data
+from adapter4rec.training.trainer import train
 
 HELPER = Path(__file__).with_name("reliability_helper.py")
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
@@ -94,15 +95,18 @@ def test_two_processes_match_one(setup, tmp_path, monkeypatch, objective, encode
         assert (a - b).norm() <= 1e-3 * a.norm() + 1e-6 * total, (i, tuple(a.shape))
     two = json.loads((run / "metrics.json").read_text())
     assert two["best_epoch"] == one["best_epoch"]
+    # The weights agree up to float rounding (checked below), and rounding can swap a near-tie in
+    # a user's ranking: the metrics agree to within one user's target moving by one place.
+    one_user = 1.0 / load_data(load_config(overrides=sets)).n_users
     for split in ("valid", "test"):
         for m, v in one[split].items():
-            assert two[split][m] == pytest.approx(v, abs=1e-6), (split, m)
+            assert two[split][m] == pytest.approx(v, abs=one_user), (split, m)
     recs2 = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     recs1 = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs2] == [r["epoch"] for r in recs1] == [0, 1]
     for a, b in zip(recs1, recs2):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)  # the global mean
-        assert b["valid"] == pytest.approx(a["valid"], abs=1e-6)
+        assert b["valid"] == pytest.approx(a["valid"], abs=one_user)
     # Final parameters agree up to float rounding (sums in another order), which Adam's
     # normalisation magnifies where a gradient is near zero; the key biases are left out: their
     # exact gradient is zero (softmax ignores a shift shared by all keys), their steps are noise.

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from adapter4rec.config import load_config
-from adapter4rec.data.images import (BLANK_VALUE, ImageContent, ImageStore, build_lmdb,
-                                     decode_image, make_image_domain, topic_look, write_tiny_vit)
+from adapter4rec.data.images import BLANK_VALUE, ImageContent, ImageStore, decode_image
+from adapter4rec.data.lmdb import build_lmdb
+from adapter4rec.data.synthetic import make_image_domain, topic_look, write_tiny_vit
 from adapter4rec.data.synthetic import TOPICS
 from adapter4rec.encoders import build_item_encoder
 from adapter4rec.encoders.backbone import load_backbone
@@ -298,7 +299,9 @@ def test_synthetic_images_follow_topics(domain):
 
 def test_short_image_run_learns(tiny, domain, tmp_path):
     from adapter4rec.evaluation.evaluator import evaluate
-    from adapter4rec.training.trainer import prepare, seed_everything, train
+    from adapter4rec.pipeline import prepare
+    from adapter4rec.runtime.seed import seed_everything
+    from adapter4rec.training.trainer import train
 
     cfg = load_config(overrides=[
         f"data.path={Path(domain['images']).parent}", "data.images=images.lmdb", "data.image_size=32",
@@ -358,7 +361,7 @@ ITEM_TRAINABLE = {  # trainable parameters in the ViT / ViT-MAE tower, by hand
 
 @pytest.fixture(scope="module")
 def image_data(domain):
-    from adapter4rec.data.dataset import build_data
+    from adapter4rec.data.split import build_data
 
     return build_data(Path(domain["images"]).parent, max_seq_len=6)
 
@@ -378,10 +381,10 @@ def _image_model(tiny, domain, image_data, kind, seed=0):
 @pytest.mark.parametrize("method", list(PEFT_OPTIONS))
 def test_peft_method_on_image_backbone(tiny, domain, image_data, kind, method):
     """As on BERT: identity at insertion where meant, the trainable set, and the loss falls."""
-    from adapter4rec.data.dataset import TrainBatches
+    from adapter4rec.data.batching import TrainBatches
 
     assert method in peft.available()
-    from adapter4rec.training.trainer import param_groups
+    from adapter4rec.training.optim import param_groups
 
     model, content, cfg = _image_model(tiny, domain, image_data, kind)
     model.eval()  # no dropout: outputs and losses are exactly comparable

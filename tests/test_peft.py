@@ -3,6 +3,12 @@
 
 Models: a 2-layer BERT of width 32 (and RoBERTa / ViT / ViT-MAE of the same size), SASRec of width
 16 with 2 blocks; every model is built from a seed, so two builds are the same "backbone".
+
+The method x property matrix takes its methods from ``peft.available()`` (the registry, filled by
+importing ``adapter4rec.peft``): every registered method runs every property test unless the
+property's exemption table (a ``{method: reason}`` dict beside the test) names it; exempt methods
+are still collected, skipped with their reason. ``test_matrix_covers_every_registered_method``
+fails when a registered method is in neither, or when an exemption names no registered method.
 """
 from __future__ import annotations
 
@@ -28,13 +34,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "pretrained_configs"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-METHODS = ["full", "frozen", "houlsby", "pfeiffer", "parallel", "kadapter", "compacter", "lora",
-           "prompt", "layernorm", "bitfit"]
+REGISTERED = peft.available()  # the matrix's methods: every registered one
+# the study's methods: these must stay registered (and documented in docs/peft.md)
+STUDY = ["full", "frozen", "houlsby", "pfeiffer", "parallel", "kadapter", "compacter", "lora",
+         "prompt", "layernorm", "bitfit"]
 SMALL = {"item_bottleneck": MI, "user_bottleneck": MU}
-OPTIONS = {  # the options each method is tested with
+OPTIONS = {  # the options each method is tested with (every registered method needs an entry)
     "full": {}, "frozen": {}, "houlsby": SMALL, "pfeiffer": SMALL, "parallel": SMALL,
     "kadapter": SMALL, "compacter": SMALL, "lora": {"item_rank": 4, "user_rank": 2},
     "prompt": {"n_tokens": 3}, "layernorm": {}, "bitfit": {},
+    "iisan": {"bottleneck": MI, "layer_stride": 1},  # 2 side blocks: embeddings -> layer 1 -> layer 2
 }
 # starting as the identity: the model's outputs are unchanged by inserting these
 IDENTITY = {
@@ -43,8 +52,13 @@ IDENTITY = {
     "compacter": SMALL, "lora": OPTIONS["lora"], "layernorm": {}, "bitfit": {},
     "kadapter": SMALL,  # its combining projection starts as [I | 0]
 }
-# methods that put something in every layer (gradients must reach each layer)
-PER_LAYER = ["full", "houlsby", "pfeiffer", "parallel", "compacter", "lora", "layernorm", "bitfit"]
+
+
+def matrix(exempt: dict[str, str]) -> list:
+    """Every registered method as a parameter of a property test: those in the property's
+    exemption table skipped, with its reason."""
+    return [pytest.param(m, id=m, marks=pytest.mark.skip(reason=f"exempt: {exempt[m]}"))
+            if m in exempt else pytest.param(m, id=m) for m in REGISTERED]
 
 
 def bert(seed=0, family="bert"):
@@ -139,19 +153,23 @@ def applied(method, item="bert", seed=0, **options):
 # registry and options
 
 def test_available_lists_every_method():
-    assert set(METHODS) <= set(peft.available())
+    assert set(STUDY) <= set(peft.available())
     for m in peft.available():
         assert isinstance(peft.defaults(m), dict)
         for name, default, doc in peft.options_of(m):
             assert doc, f"{m}.{name} has no description"
 
 
-def test_docs_list_every_method_and_option():
+# methods docs/peft.md does not document (a section `### `<method>`` and every option named)
+NOT_IN_PEFT_DOCS: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("method", matrix(NOT_IN_PEFT_DOCS))
+def test_docs_list_every_method_and_option(method):
     doc = (ROOT / "docs" / "peft.md").read_text(encoding="utf-8")
-    for m in METHODS:  # the study's methods (methods registered elsewhere document themselves)
-        assert f"### `{m}`" in doc, m
-        for name, _, _ in peft.options_of(m):
-            assert f"`{name}`" in doc, (m, name)
+    assert f"### `{method}`" in doc, method
+    for name, _, _ in peft.options_of(method):
+        assert f"`{name}`" in doc, (method, name)
 
 
 def test_unknown_method_and_bad_options_name_the_key():
@@ -195,7 +213,16 @@ def test_summary_and_recorded_config():
 # ---------------------------------------------------------------------------------------------
 # identity at initialisation
 
-@pytest.mark.parametrize("method", sorted(IDENTITY))
+# methods whose insertion changes the outputs: identity at insertion does not hold (on any backbone)
+NOT_IDENTITY = {
+    "prompt": "soft prompt tokens change the attention over the title "
+              "(test_prompt_is_not_identity_but_keeps_shapes)",
+    "iisan": "its side network replaces the item head's output: the item vectors change at "
+             "insertion (test_iisan_is_not_identity_but_keeps_shapes)",
+}
+
+
+@pytest.mark.parametrize("method", matrix(NOT_IDENTITY))
 def test_inserting_changes_no_output_at_init(method):
     base = make_model()
     before = outputs(base)
@@ -206,7 +233,7 @@ def test_inserting_changes_no_output_at_init(method):
 
 
 @pytest.mark.parametrize("item", ["roberta", "vit", "vit_mae"])
-@pytest.mark.parametrize("method", ["houlsby", "parallel", "compacter", "lora", "kadapter", "bitfit"])
+@pytest.mark.parametrize("method", matrix(NOT_IDENTITY))
 def test_identity_on_other_backbones(item, method):
     base = make_model(item=item)
     before = outputs(base, item)
@@ -223,6 +250,16 @@ def test_prompt_is_not_identity_but_keeps_shapes():
     after = outputs(base)
     assert after[0].shape == before[0].shape and not torch.equal(after[0], before[0])
     assert torch.equal(after[1], before[1])  # the user tower is untouched
+
+
+@pytest.mark.parametrize("item", ["bert", "roberta", "vit", "vit_mae"])
+def test_iisan_is_not_identity_but_keeps_shapes(item):
+    base = make_model(item=item)
+    before = outputs(base, item)
+    peft.apply(base, "iisan", **OPTIONS["iisan"])  # no cache: the frozen backbone runs every call
+    after = outputs(base, item)
+    assert after[0].shape == before[0].shape and not torch.equal(after[0], before[0])
+    assert torch.equal(after[1], before[1])  # the user tower trains, but nothing is inserted in it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +301,21 @@ EXPECTED = {  # method -> (trainable in the item tower, in the user tower)
 }
 
 
-@pytest.mark.parametrize("method", METHODS)
+# methods the per-tower hand counts (EXPECTED; the item head alone in `other`) do not describe
+COUNTS_DO_NOT_APPLY = {
+    "iisan": "freezes the item head (its side network's fusion layer takes the head's place) and the "
+             "side network lives outside the towers (`other`); counted by hand in "
+             "test_iisan_trainable_set",
+}
+# methods for which more trains in the towers than the modules they insert
+NOT_ONLY_INSERTED = {
+    "full": "fine-tunes the towers' pretrained weights",
+    "layernorm": "tunes the pretrained LayerNorms, inserts nothing",
+    "bitfit": "tunes the pretrained biases, inserts nothing",
+}
+
+
+@pytest.mark.parametrize("method", matrix(COUNTS_DO_NOT_APPLY))
 def test_trainable_counts_per_tower(method):
     model = make_model()
     assert sum(p.numel() for p in model.item_encoder.backbone.parameters()) == BERT_TOTAL
@@ -276,11 +327,18 @@ def test_trainable_counts_per_tower(method):
     assert s["towers"]["other"] == {"trainable": HEAD, "total": HEAD}
     inserted = s["total"] - BERT_TOTAL - SASREC_TOTAL - HEAD
     assert s["inserted"] == inserted
-    if method not in ("full", "layernorm", "bitfit", "frozen"):
+    if method not in NOT_ONLY_INSERTED:
         assert inserted == item + user  # exactly the inserted modules train in the towers
 
 
-@pytest.mark.parametrize("method", METHODS)
+# methods to which "the item head trains; in the towers, what the method names" does not apply
+NAMES_DO_NOT_APPLY = {
+    "iisan": "freezes the item head (its side network's fusion layer takes the head's place) and "
+             "trains the user encoder in full; its names are checked in test_iisan_trainable_set",
+}
+
+
+@pytest.mark.parametrize("method", matrix(NAMES_DO_NOT_APPLY))
 def test_trainable_names_are_the_intended_ones(method):
     model = applied(method)
     train = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -349,10 +407,49 @@ def test_id_item_encoder_has_only_the_user_tower():
         peft.apply(make_model(item="id"), "prompt")
 
 
+def side_chain(hidden, m, blocks):  # one iisan side chain: a gate + bottleneck + LayerNorm per block
+    return blocks + blocks * (lin(hidden, m) + lin(m, hidden) + 2 * hidden)
+
+
+@pytest.mark.parametrize("stride, blocks", [(1, 2), (2, 1)])  # reads layers [0, 1, 2] / [0, 2]
+def test_iisan_trainable_set(stride, blocks):
+    model = make_model()
+    s = peft.apply(model, "iisan", bottleneck=MI, layer_stride=stride)
+    side = side_chain(H, MI, blocks) + lin(H, D)  # one text chain, fused into the item vector
+    assert len(model.item_encoder.peft_side.intra["text"].blocks) == blocks
+    assert model.item_encoder.peft_side.inter is None  # one modality
+    assert s["towers"]["item"] == {"trainable": 0, "total": BERT_TOTAL}
+    assert s["towers"]["user"] == {"trainable": SASREC_TOTAL, "total": SASREC_TOTAL}
+    assert s["towers"]["other"] == {"trainable": side, "total": HEAD + side}  # the head is frozen
+    assert s["inserted"] == side and model.peft_tuned == set()
+    train = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert train == ({n for n, _ in model.named_parameters() if n.startswith("item_encoder.peft_side.")}
+                     | {n for n, _ in model.user_encoder.named_parameters(prefix="user_encoder")})
+    m = make_model()  # the item side only: the user encoder stays frozen
+    s = peft.apply(m, "iisan", towers=["item"], bottleneck=MI, layer_stride=stride)
+    assert s["towers"]["user"]["trainable"] == 0 and s["trainable"] == side
+    with pytest.raises(ConfigError, match="towers must include item"):
+        peft.apply(make_model(), "iisan", towers=["user"])
+    with pytest.raises(ConfigError, match="needs a pretrained item backbone"):
+        peft.apply(make_model(item="id"), "iisan")
+
+
 # ---------------------------------------------------------------------------------------------
 # gradients and optimisation
 
-@pytest.mark.parametrize("method", METHODS)
+# methods exempt from "two steps change exactly the trainable parameters, each with a gradient"
+ONE_STEP_EXEMPT: dict[str, str] = {}
+# methods that train nothing inside some layer of a tower (all others train in every layer of both)
+NOT_PER_LAYER = {
+    "frozen": "trains nothing in the towers",
+    "kadapter": "a side transformer reading some layers' outputs: nothing inside the layers",
+    "prompt": "soft prompt tokens at the item encoder's input only",
+    "iisan": "side networks outside the item backbone: nothing trains inside its layers "
+             "(the user encoder trains in full)",
+}
+
+
+@pytest.mark.parametrize("method", matrix(ONE_STEP_EXEMPT))
 def test_one_step_changes_only_trainable_parameters(method):
     model = applied(method)
     model.train()
@@ -370,7 +467,7 @@ def test_one_step_changes_only_trainable_parameters(method):
     for n, p in model.named_parameters():
         changed = not torch.equal(before[n], p.detach())
         assert changed == p.requires_grad, f"{method}: {n} changed={changed}"
-    if method in PER_LAYER:  # something trains in every layer of both towers
+    if method not in NOT_PER_LAYER:  # something trains in every layer of both towers
         for prefix, n_layers in (("item_encoder.backbone.encoder.layer", L), ("user_encoder.blocks", B)):
             for i in range(n_layers):
                 assert any(n.startswith(f"{prefix}.{i}.") and p.requires_grad and p.grad.abs().sum() > 0
@@ -546,7 +643,13 @@ def perturb(model, seed):
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-@pytest.mark.parametrize("method", METHODS)
+# methods exempt from "an adapter file reproduces the trained model's outputs on the backbone"
+SAVE_LOAD_EXEMPT: dict[str, str] = {}
+# methods whose adapter file is not under half the model's size
+LARGE_ADAPTER_FILE = {"full": "trains every parameter: the adapter file is the whole model"}
+
+
+@pytest.mark.parametrize("method", matrix(SAVE_LOAD_EXEMPT))
 def test_adapter_only_save_then_load_reproduces_outputs(tmp_path, method):
     trained = applied(method)
     perturb(trained, 1)  # stands for training
@@ -557,7 +660,7 @@ def test_adapter_only_save_then_load_reproduces_outputs(tmp_path, method):
     assert keys == {n for n, p in trained.named_parameters() if p.requires_grad}
     assert info["adapter_params"] == peft.summary(trained)["trainable"]
     assert info["adapter_bytes"] == (tmp_path / "a.safetensors").stat().st_size
-    if method != "full":
+    if method not in LARGE_ADAPTER_FILE:
         assert info["adapter_bytes"] < info["model_bytes"] / 2
     fresh = make_model()  # the backbone again, no PEFT yet: the file's config is applied
     cfg = peft.load_adapter(fresh, tmp_path / "a.safetensors")
@@ -597,7 +700,7 @@ def test_load_adapter_refuses_what_does_not_fit(tmp_path):
         peft.load_adapter(applied("houlsby", item_bottleneck=16), tmp_path / "h.safetensors")
     with pytest.raises(CheckpointError, match="item tower"):
         peft.load_adapter(make_model(item="roberta"), tmp_path / "h.safetensors")
-    from adapter4rec.training.checkpoint import save_weights, trainable_state
+    from adapter4rec.runtime.io import save_weights, trainable_state
 
     save_weights(trainable_state(m), tmp_path / "plain.safetensors")
     with pytest.raises(CheckpointError, match="carries no PEFT config"):
@@ -607,3 +710,100 @@ def test_load_adapter_refuses_what_does_not_fit(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(outputs(fresh), outputs(m)))
     with pytest.raises(CheckpointError, match="no PEFT method applied"):
         peft.save_adapter(make_model(), tmp_path / "x.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# the matrix is complete: every registered method runs each property test, or is exempt from it
+
+MATRIX = {  # each property test over `method` and its exemption table
+    test_docs_list_every_method_and_option: NOT_IN_PEFT_DOCS,
+    test_inserting_changes_no_output_at_init: NOT_IDENTITY,
+    test_identity_on_other_backbones: NOT_IDENTITY,
+    test_trainable_counts_per_tower: COUNTS_DO_NOT_APPLY,
+    test_trainable_names_are_the_intended_ones: NAMES_DO_NOT_APPLY,
+    test_one_step_changes_only_trainable_parameters: ONE_STEP_EXEMPT,
+    test_adapter_only_save_then_load_reproduces_outputs: SAVE_LOAD_EXEMPT,
+}
+PARTIAL = {  # exemptions from one assertion inside a property test: table -> that test
+    "NOT_ONLY_INSERTED": (NOT_ONLY_INSERTED, test_trainable_counts_per_tower),
+    "NOT_PER_LAYER": (NOT_PER_LAYER, test_one_step_changes_only_trainable_parameters),
+    "LARGE_ADAPTER_FILE": (LARGE_ADAPTER_FILE, test_adapter_only_save_then_load_reproduces_outputs),
+}
+
+
+def method_params(test):
+    """{method: skip reason, or None where it runs} of a test's ``method`` parametrisation (None
+    when the test is not parametrised over methods)."""
+    for mark in getattr(test, "pytestmark", []):
+        if mark.name == "parametrize" and mark.args[0] == "method":
+            out = {}
+            for p in mark.args[1]:
+                value = p.values[0] if hasattr(p, "values") else p
+                skips = [m.kwargs.get("reason") for m in getattr(p, "marks", ()) if m.name == "skip"]
+                out.setdefault(value, []).append(skips[0] if skips else None)
+            return out
+    return None
+
+
+def matrix_problems(registered, matrix=MATRIX, partial=PARTIAL) -> list[str]:
+    registered = set(registered)
+    problems = []
+    for test, exempt in matrix.items():
+        name, params = test.__name__, method_params(test)
+        if params is None:
+            problems.append(f"{name}: not parametrised over `method`")
+            continue
+        for m in sorted(registered - set(params)):
+            problems.append(f"{name}: registered method {m!r} neither runs nor is exempt")
+        for m in sorted(set(params) - registered):
+            problems.append(f"{name}: runs {m!r}, which is not registered")
+        for m in sorted(set(exempt) - registered):
+            problems.append(f"{name}: stale exemption {m!r} (not a registered method)")
+        for m, reasons in params.items():
+            if len(reasons) > 1:
+                problems.append(f"{name}: {m!r} parametrised {len(reasons)} times")
+            want = f"exempt: {exempt[m]}" if m in exempt else None
+            if reasons[0] != want:
+                problems.append(f"{name}: {m!r} skip reason {reasons[0]!r}, its table says {want!r}")
+        for m, reason in exempt.items():
+            if not (isinstance(reason, str) and reason.strip()):
+                problems.append(f"{name}: exemption {m!r} gives no reason")
+    for table_name, (table, test) in partial.items():
+        runs = {m for m, r in (method_params(test) or {}).items() if r == [None]}
+        for m in sorted(set(table) - registered):
+            problems.append(f"{table_name}: stale exemption {m!r} (not a registered method)")
+        for m in sorted(set(table) & registered - runs):
+            problems.append(f"{table_name}: {m!r} is exempt from the whole of {test.__name__}")
+    return problems
+
+
+def test_matrix_covers_every_registered_method():
+    registered = peft.available()
+    assert REGISTERED == registered  # what the matrix was built from at import
+    assert matrix_problems(registered) == []
+    # every test of this module parametrised over methods is a property test of the matrix
+    over_methods = {n for n, f in globals().items() if n.startswith("test_") and callable(f)
+                    and method_params(f) is not None}
+    assert over_methods == {t.__name__ for t in MATRIX}
+    # every method that runs has what its property tests look up
+    assert set(OPTIONS) == set(registered), "OPTIONS: the options each registered method is tested with"
+
+    def runs(test):
+        return {m for m, r in method_params(test).items() if r == [None]}
+
+    assert set(IDENTITY) == runs(test_inserting_changes_no_output_at_init)
+    assert set(IDENTITY) == runs(test_identity_on_other_backbones)
+    assert set(EXPECTED) == runs(test_trainable_counts_per_tower)
+
+
+def test_matrix_guard_catches_a_new_method_and_a_stale_exemption():
+    problems = matrix_problems([*REGISTERED, "mine"])  # registered after this module was imported
+    for test in MATRIX:
+        assert f"{test.__name__}: registered method 'mine' neither runs nor is exempt" in problems
+    gone = {**MATRIX, test_one_step_changes_only_trainable_parameters: {"gone": "was removed"}}
+    assert ("test_one_step_changes_only_trainable_parameters: stale exemption 'gone' (not a "
+            "registered method)") in matrix_problems(REGISTERED, matrix=gone)
+    partial = {"NOT_PER_LAYER": ({**NOT_PER_LAYER, "gone": "x"},
+                                 test_one_step_changes_only_trainable_parameters)}
+    assert matrix_problems(REGISTERED, partial=partial) == [
+        "NOT_PER_LAYER: stale exemption 'gone' (not a registered method)"]

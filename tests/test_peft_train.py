@@ -14,8 +14,8 @@ from adapter4rec import cli, peft
 from adapter4rec.config import load_config
 from adapter4rec.data.synthetic import make_domain
 from adapter4rec.model import build_model
-from adapter4rec.training.checkpoint import load_into, load_weights, save_weights
-from adapter4rec.training.trainer import load_data, prepare
+from adapter4rec.runtime.io import load_into, load_weights, save_weights
+from adapter4rec.pipeline import load_data, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["full", "frozen", "houlsby", "pfeiffer", "parallel", "kadapter", "compacter", "lora",
@@ -156,7 +156,7 @@ def _script(name):
 
 
 def test_adaptation_scripts(setup, tmp_path, capsys):
-    from adapter4rec.peft import sweep
+    from adapter4rec.experiments import sweep
 
     for target in ("scientific", "adressa"):
         _script(f"adapt_{target}")  # importable, runs nothing on import
@@ -176,3 +176,12 @@ def test_adaptation_scripts(setup, tmp_path, capsys):
     # a finished run is skipped
     assert sweep.main("adressa", "", argv, config_dir=ROOT / "configs" / "adapt") == 0
     assert "done already" in capsys.readouterr().out
+
+
+def test_cli_lists_every_method_with_its_options(capsys):
+    assert cli.main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for m in peft.available():
+        assert f"\n{m}: " in "\n" + out, m
+        for key, _, _ in peft.options_of(m):
+            assert f"    {key} = " in out, (m, key)

@@ -18,12 +18,14 @@ import yaml
 
 from adapter4rec.cli import main
 from adapter4rec.config import load_config
-from adapter4rec.data.dataset import build_data
+from adapter4rec.data.split import build_data
 from adapter4rec.encoders.backbone import load_backbone
 from adapter4rec.errors import CheckpointError, ConfigError, DataError
-from adapter4rec.training.checkpoint import load_checkpoint, load_weights, save_weights
-from adapter4rec.training.losses import OBJECTIVES
-from adapter4rec.training.trainer import TrainingError, prepare, train
+from adapter4rec.runtime.io import load_weights, save_weights
+from adapter4rec.training.checkpoint import load_checkpoint
+from adapter4rec.objectives import OBJECTIVES
+from adapter4rec.pipeline import prepare
+from adapter4rec.training.trainer import TrainingError, train
 
 
 
@@ -165,7 +167,7 @@ def test_pretrained_folder_without_weights_or_config(world, tmp_path):
 
 
 def test_pretrained_folder_of_another_architecture(world, tmp_path):
-    from adapter4rec.data.images import write_tiny_vit
+    from adapter4rec.data.synthetic import write_tiny_vit
 
     vit = write_tiny_vit(tmp_path / "vit")
     # a ViT folder where the config asks for a text (BERT-family) encoder

@@ -21,9 +21,11 @@ import torch
 
 from adapter4rec.config import load_config
 from adapter4rec.errors import CheckpointError
+from adapter4rec import pipeline
 from adapter4rec.training import checkpoint as ckpt
 from adapter4rec.training import trainer
-from adapter4rec.training.checkpoint import find_checkpoint, load_checkpoint, load_weights
+from adapter4rec.runtime.io import load_weights
+from adapter4rec.training.checkpoint import find_checkpoint, load_checkpoint
 from adapter4rec.training.trainer import train
 
 HELPER = Path(__file__).with_name("reliability_helper.py")
@@ -149,14 +151,14 @@ def _crash_at_forward(monkeypatch, n):
 
 def _crash_at_evaluate(monkeypatch, n):
     calls = [0]
-    evaluate = trainer.evaluate
+    evaluate = pipeline.evaluate
 
     def crashing(*a, **kw):
         calls[0] += 1
         if calls[0] == n:
             raise Crash
         return evaluate(*a, **kw)
-    monkeypatch.setattr(trainer, "evaluate", crashing)
+    monkeypatch.setattr(pipeline, "evaluate", crashing)
 
 
 def _crash_before_epoch_checkpoint(monkeypatch, epoch):
@@ -286,7 +288,7 @@ def test_resume_with_other_batches_per_epoch_mid_epoch_is_refused(data, tmp_path
 def test_scheduler_shapes():
     from types import SimpleNamespace
 
-    from adapter4rec.training.trainer import make_scheduler
+    from adapter4rec.training.optim import make_scheduler
 
     def lrs(kind, warm, total=10):
         p = torch.nn.Parameter(torch.zeros(1))

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from adapter4rec.config import load_config
-from adapter4rec.data.dataset import TrainBatches
+from adapter4rec.data.batching import TrainBatches
 from adapter4rec.encoders.backbone import lowest_trainable_layer
 from adapter4rec.evaluation import evaluator
 from adapter4rec.evaluation.metrics import target_ranks
-from adapter4rec.training.trainer import amp_dtype, prepare, seed_everything
+from adapter4rec.pipeline import prepare
+from adapter4rec.runtime.precision import amp_dtype
+from adapter4rec.runtime.seed import seed_everything
 
 from conftest import overrides
 
@@ -62,13 +64,13 @@ def test_amp_auto_follows_the_cpu(monkeypatch, caplog):
     cpu = torch.device("cpu")
     cfg = load_config(overrides=["model.item_encoder=id"])
     monkeypatch.setenv("ADAPTER4REC_CPU_BF16", "1")
-    assert amp_dtype(cfg, cpu) == torch.bfloat16
+    assert amp_dtype(cfg.train.amp, cpu) == torch.bfloat16
     monkeypatch.setenv("ADAPTER4REC_CPU_BF16", "0")
-    assert amp_dtype(cfg, cpu) is None
+    assert amp_dtype(cfg.train.amp, cpu) is None
     assert "train.amp auto: bf16" in caplog.text and "train.amp auto: fp32" in caplog.text
     cfg = load_config(overrides=["model.item_encoder=id", "train.amp=fp32"])
     monkeypatch.setenv("ADAPTER4REC_CPU_BF16", "1")
-    assert amp_dtype(cfg, cpu) is None
+    assert amp_dtype(cfg.train.amp, cpu) is None
 
 
 def test_chunk_ranks_equal_dense_ranks():
@@ -102,7 +104,7 @@ def test_user_chunks_bounded_by_the_score_budget(domains, monkeypatch):
     # and the dense reference computation
     hist = [data.history(u, "test") for u in range(data.n_users)]
     tgt = torch.tensor([data.target(u, "test") for u in range(data.n_users)])
-    from adapter4rec.data.dataset import left_pad
+    from adapter4rec.data.batching import left_pad
     h = torch.from_numpy(np.stack([left_pad(x, data.max_seq_len) for x in hist]))
     with torch.no_grad():
         scores = model.user_vectors(items[h], h > 0) @ items.T

@@ -4,6 +4,7 @@ from collections import Counter, defaultdict
 import pytest
 import torch
 
+from adapter4rec.cli import main
 from adapter4rec.data import synthetic
 from adapter4rec.data.readers import check_known_items, read_items, read_users
 from adapter4rec.data.synthetic import make_domain, make_transfer_pair, vocabulary, write_tiny_bert
@@ -89,7 +90,7 @@ def test_next_topic_is_predictable(pair):
 
 
 def test_cli_and_bad_arguments(tmp_path, capsys):
-    synthetic.main([str(tmp_path / "out"), "--seed", "1"])
+    assert main(["synthetic", str(tmp_path / "out"), "--seed", "1"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert len(read_users(tmp_path / "out" / "target" / "users.tsv")) == 600
     with pytest.raises(ConfigError):

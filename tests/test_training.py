@@ -7,10 +7,11 @@ import yaml
 
 from adapter4rec.cli import main
 from adapter4rec.config import load_config
-from adapter4rec.data.dataset import TrainBatches
+from adapter4rec.data.batching import TrainBatches
 from adapter4rec.errors import CheckpointError, ConfigError
-from adapter4rec.training.checkpoint import load_weights
-from adapter4rec.training.trainer import load_data, prepare, train
+from adapter4rec.runtime.io import load_weights
+from adapter4rec.pipeline import load_data, prepare
+from adapter4rec.training.trainer import train
 
 from conftest import overrides
 
@@ -33,7 +34,7 @@ def test_unique_item_encoding_matches_encoding_every_slot(domains, tiny_bert, ob
         return torch.stack(vecs).reshape(*pos.shape, -1)
     items = torch.cat([torch.zeros(1, model.user_encoder.d), per_slot(torch.arange(1, len(table)))])
     h = model.user_encoder(per_slot(batch["inp"]), batch["inp"] > 0)
-    from adapter4rec.training.losses import OBJECTIVES
+    from adapter4rec.objectives import OBJECTIVES
     ref = OBJECTIVES[objective](h, items, with_inbatch=True, **batch)
     assert torch.allclose(loss, ref, atol=1e-5), (loss, ref)
 
@@ -120,7 +121,7 @@ def test_config_errors(tmp_path):
 
 def test_real_data_with_minilm(shared_datasets, tmp_path):
     """Real Amazon Scientific users (a slice, to stay fast) with real all-MiniLM-L6-v2 weights."""
-    from adapter4rec.demo import minilm_folder
+    from adapter4rec.experiments.demo import minilm_folder
 
     model = minilm_folder()
     if model is None:

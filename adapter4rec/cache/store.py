@@ -7,11 +7,8 @@ Layout of a cache folder::
     index.json   {"format", "version", "shape", "dtype", "layers", "modality", "fingerprint",
                   "complete", "build_seconds", ...}
 
-The fingerprint says what the rows were computed from: the backbone's weights (a hash of the
-tensors actually used, so a source-domain checkpoint loaded with ``init_from`` counts), its config,
-the items' content (for text: a hash of the token matrix, which covers the items, their order, the
-tokenizer and ``max_title_len``), the pooling, the layers and the precision of the pass. A cache
-whose fingerprint differs is stale: it is rebuilt, never used, and the log says what changed.
+The fingerprint (``fingerprint.py``) says what the rows were computed from; a cache whose
+fingerprint differs is stale: it is rebuilt, never used, and the log says what changed.
 
 Writes are atomic: the array is written to a temporary file and renamed, then the index is
 written (also by rename); a reader that finds no complete index, or an array of the wrong size,
@@ -20,11 +17,9 @@ inode, so a rebuild never changes the rows under a running job.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..runtime.io import write_bytes_atomic
+from .fingerprint import differences
 
 log = logging.getLogger("adapter4rec")
 
@@ -41,52 +38,7 @@ ARRAY = "hidden.bin"
 INDEX = "index.json"
 # numpy has no bfloat16: bf16 rows are stored as their 16-bit words and viewed back in torch
 NUMPY_DTYPES = {"float16": np.float16, "bfloat16": np.uint16}
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 FP16_MAX = 65504.0
-
-
-def digest(*parts) -> str:
-    """A short stable hash of strings / bytes / arrays / tensors (blake2b, 16 bytes)."""
-    h = hashlib.blake2b(digest_size=16)
-    for p in parts:
-        if isinstance(p, torch.Tensor):
-            t = p.detach().cpu().contiguous()
-            if t.dtype == torch.bfloat16:
-                t = t.view(torch.int16)
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.numpy().data if t.numel() else b"")
-        elif isinstance(p, np.ndarray):
-            a = np.ascontiguousarray(p)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(a.data)
-        elif isinstance(p, bytes):
-            h.update(p)
-        else:
-            h.update(str(p).encode())
-        h.update(b"\x00")
-    return h.hexdigest()
-
-
-def module_digest(module: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer of ``module`` (names, dtypes, shapes, values)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(digest(t).encode())
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_index(folder: str | Path) -> dict | None:
@@ -98,18 +50,6 @@ def read_index(folder: str | Path) -> dict | None:
     except ValueError:
         return None
     return index if index.get("format") == FORMAT else None
-
-
-def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two fingerprints."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}")
-    return out
 
 
 class HiddenCache:
@@ -237,9 +177,8 @@ class Writer:
         index = {"format": FORMAT, "version": VERSION, "shape": list(self.shape), "dtype": self.dtype,
                  "layers": self.layers, "fingerprint": fingerprint, "complete": True,
                  "written": time.strftime("%Y-%m-%d %H:%M:%S"), **info}
-        _atomic_write(self.folder / INDEX, json.dumps(index, indent=1).encode())
+        write_bytes_atomic(self.folder / INDEX, json.dumps(index, indent=1).encode())
         return HiddenCache(self.folder, index)
 
 
-__all__ = ["HiddenCache", "Writer", "open_cache", "read_index", "digest", "module_digest",
-           "differences", "FORMAT", "VERSION", "TORCH_DTYPES"]
+__all__ = ["HiddenCache", "Writer", "open_cache", "read_index", "FORMAT", "VERSION"]

@@ -1,7 +1,6 @@
 """Loading pretrained backbones offline, and the part every content item encoder shares."""
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 
@@ -9,6 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .base import ItemEncoder
+from .sites import site_map
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -75,50 +76,11 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(_check_folder(path), local_files_only=True)
 
 
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it (benchmarks record the machine they ran on)."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_bf16_units() -> str:
-    """The CPU's bf16 matrix units ("amx_bf16", "avx512_bf16"), "" when it has none: there bf16
-    autocast is emulated and slower than fp32."""
-    if os.environ.get("ADAPTER4REC_CPU_BF16") in ("0", "1"):  # override the detection
-        return "bf16 units (ADAPTER4REC_CPU_BF16=1)" if os.environ["ADAPTER4REC_CPU_BF16"] == "1" else ""
-    found = []
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    found = [u for u in ("amx_bf16", "avx512_bf16") if u in flags]
-                    break
-    except OSError:
-        pass
-    if not found:  # no /proc/cpuinfo (macOS, ...): ask PyTorch's own CPU probe
-        cpu = getattr(torch, "cpu", None)
-        for name, probe in (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
-            try:
-                if getattr(cpu, probe)():
-                    found.append(name)
-            except (AttributeError, RuntimeError):
-                pass
-    return ", ".join(found)
-
-
 def hidden_size(backbone: nn.Module) -> int:
     return backbone.config.hidden_size
 
 
-class ContentEncoder(nn.Module):
+class ContentEncoder(ItemEncoder):
     """Shared by text and image item encoders: a backbone, pooling, Linear(hidden -> d) + GELU.
 
     The backbone's frozen layers below the lowest trainable one run under ``torch.no_grad()``
@@ -143,6 +105,12 @@ class ContentEncoder(nn.Module):
         m = mask[..., None].to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
 
+    def encode(self, content: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.peft_side is None and "hidden" in content:
+            # peft.method frozen with cache.frozen: the cached pooled output of the frozen backbone
+            return self.project(content["hidden"][:, -1].to(self.project[0].weight.dtype))
+        return super().encode(content)
+
 
 def lowest_trainable_layer(backbone: nn.Module) -> tuple[int | None, nn.ModuleList | None]:
     """(k, layers): layers[:k] hold nothing trainable and nothing before them does either.
@@ -151,8 +119,6 @@ def lowest_trainable_layer(backbone: nn.Module) -> tuple[int | None, nn.ModuleLi
     the layers from outside, ...), None when nothing trains at all; modules after the layers
     (ViT's final LayerNorm) count as the last layer.
     """
-    from ..peft.sites import site_map  # site maps live with the PEFT methods
-
     try:
         path = site_map(backbone).layers
     except ConfigError:

@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .base import ItemEncoder
+
 
 class IdContent:
     def __init__(self, n_items: int):
@@ -17,7 +19,7 @@ class IdContent:
         return {"ids": torch.from_numpy(np.asarray(ids, dtype=np.int64))}
 
 
-class IdItemEncoder(nn.Module):
+class IdItemEncoder(ItemEncoder):
     def __init__(self, n_items: int, d: int):
         super().__init__()
         self.table = nn.Embedding(n_items + 1, d, padding_idx=0)

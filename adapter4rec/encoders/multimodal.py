@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .base import ItemEncoder
 
 
 class MultiModalContent:
@@ -32,9 +33,9 @@ class MultiModalContent:
         return {**self.stores["text"].get(ids), **self.stores["image"].get(ids)}
 
 
-class MultiModalItemEncoder(nn.Module):
+class MultiModalItemEncoder(ItemEncoder):
     """``encoders["text"]`` and ``encoders["image"]``; items are encoded by the side network that
-    ``peft.apply(model, "iisan")`` adds (``Recommender.encode_items`` routes them there)."""
+    ``peft.apply(model, "iisan")`` puts in its ``peft_side`` slot."""
 
     def __init__(self, text: nn.Module, image: nn.Module):
         super().__init__()

@@ -4,7 +4,7 @@ d=64, 2 blocks, 2 heads, ReLU FFN of 4d, learned positions, LayerNorm eps 1e-6, 
 causal + padding mask, Xavier init; the last position is the user vector. CPC uses the same
 network (only the objective differs).
 
-Insertion sites for PEFT (see ``adapter4rec.peft.sites``): ``blocks[i].attn.out`` (attention
+Insertion sites for PEFT (see ``adapter4rec.encoders.sites``): ``blocks[i].attn.out`` (attention
 output projection), ``blocks[i].ffn.fc2`` (FFN output projection), ``blocks[i].attn.query`` /
 ``value`` (for LoRA), and ``blocks[i].ln_attn`` / ``ln_ffn`` (LayerNorms).
 """

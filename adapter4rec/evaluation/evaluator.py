@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.dataset import RecData, item_loader, left_pad
-from ..training import distributed as dist
+from ..data.batching import item_loader, left_pad
+from ..data.split import RecData
+from ..runtime import distributed as dist
 
 log = logging.getLogger("adapter4rec")
 

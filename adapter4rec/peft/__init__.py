@@ -7,7 +7,8 @@
     peft.load_adapter(fresh_model, "target.safetensors")
 
 One module per method, each registering an options dataclass and an ``insert`` function
-(``registry.register``); the site map of each backbone family is in ``sites.py``. See docs/peft.md.
+(``registry.register``); the site map of each backbone family is in ``adapter4rec.encoders.sites``
+and the towers a method inserts into in ``towers.py``. See docs/peft.md.
 """
 from __future__ import annotations
 
@@ -17,16 +18,8 @@ from .bottleneck import Bottleneck
 from .files import AdapterBank, load_adapter, model_bytes, read_adapter, save_adapter
 from .lora import merge, unmerge
 from .options import describe
-from .registry import REGISTRY, apply, available, defaults, get, register, summary
-from .sites import SITE_MAPS, SiteMap, site_map
-
-# registration order = the order of available()
-_ORDER = ["full", "frozen", "houlsby", "pfeiffer", "parallel", "kadapter", "compacter", "lora",
-          "prompt", "layernorm", "bitfit"]
-_rest = {k: v for k, v in REGISTRY.items() if k not in _ORDER}  # methods registered elsewhere
-_ordered = {k: REGISTRY[k] for k in _ORDER}
-REGISTRY.clear()
-REGISTRY.update({**_ordered, **_rest})
+from .registry import apply, available, defaults, get, register, summary
+from ..encoders.sites import SITE_MAPS, SiteMap, site_map
 
 
 def options_of(method: str) -> list[tuple[str, object, str]]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import options as opt
 from .registry import register
-from .sites import Tower
+from .towers import Tower
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 

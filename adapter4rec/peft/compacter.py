@@ -98,9 +98,4 @@ def insert_compacter(model, towers, options) -> None:
     insert_at_sites(towers, options.layers, options.positions, options.insertion, make)
 
 
-def phm_parameters(hidden: int, size: int, n: int = 4, rank: int = 1) -> int:
-    """Parameters of one Compacter adapter (down + up, rules excluded), for summaries and tests."""
-    return n * rank * (hidden // n + size // n) * 2 + size + hidden
-
-
-__all__ = ["PHMRules", "PHMLinear", "CompacterOptions", "phm_parameters"]
+__all__ = ["PHMRules", "PHMLinear", "CompacterOptions"]

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..training.checkpoint import load_into, load_weights, save_weights, trainable_state
+from ..runtime.io import load_into, load_weights, save_weights, trainable_state, weights_metadata
 from . import options as opt
 from .lora import is_merged
 from .registry import apply, get
-from .sites import towers as model_towers
+from .towers import towers as model_towers
 
 FORMAT = "adapter4rec-adapter"
 META_PEFT = "adapter4rec_peft"
@@ -64,13 +64,6 @@ def save_adapter(model: nn.Module, path: str | Path) -> dict:
             "model_bytes": model_bytes(model), "model_params": sum(p.numel() for p in model.parameters())}
 
 
-def _metadata(path: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
-
-
 def read_adapter(path: str | Path, config: dict | None = None) -> tuple[dict, dict, dict | None]:
     """(weights, peft config, tower signature or None) of an adapter file, a checkpoint folder or a
     run folder. ``config`` ({"method": .., **options}) overrides / supplies the PEFT config."""
@@ -86,7 +79,7 @@ def read_adapter(path: str | Path, config: dict | None = None) -> tuple[dict, di
         p = p / "model.safetensors"
     if not p.is_file():
         raise CheckpointError(f"no adapter file at {p}")
-    meta = _metadata(p)
+    meta = weights_metadata(p)
     cfg = config or (json.loads(meta[META_PEFT]) if META_PEFT in meta else run_cfg)
     if cfg is None:
         raise CheckpointError(f"{p} carries no PEFT config (not written by save_adapter): pass "

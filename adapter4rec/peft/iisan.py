@@ -22,8 +22,8 @@ cache (``adapter4rec.cache``) and the backbone never runs during training or eva
 cache the backbone runs every step, in eval mode (no dropout, so both paths see the same states)
 and without gradient.
 
-The side network is ``item_encoder.peft_side``; ``Recommender.encode_items`` routes item content
-through it. The user encoder trains in full (as in IISAN) unless ``towers`` leaves ``user`` out.
+The side network sits in the item encoder's ``peft_side`` slot (``encoders.base.ItemEncoder``),
+which routes item content through it. The user encoder trains in full (as in IISAN) unless ``towers`` leaves ``user`` out.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..encoders.sites import layer_list
 from ..errors import ConfigError
 from . import options as opt
 from .bottleneck import Bottleneck
@@ -189,8 +190,6 @@ def layer_states(encoder: nn.Module, content: dict, layers: list[int]) -> torch.
     The encoder runs once, in eval mode (deterministic states: the same as the cache holds), with
     forward hooks collecting the layers' outputs.
     """
-    from .sites import site_map
-
     if getattr(encoder, "backbone_released", False):
         raise RuntimeError("this item encoder's backbone was released once the hidden-state cache was "
                            "attached (cache.release_backbone): item content must come from the cache")
@@ -198,7 +197,7 @@ def layer_states(encoder: nn.Module, content: dict, layers: list[int]) -> torch.
     modality = modality_of(encoder)
     keys = IMAGE_KEYS if modality == "image" else TEXT_KEYS
     inputs = {k: content[k] for k in keys}
-    layer_list = backbone.get_submodule(site_map(backbone).layers)
+    layers_of = layer_list(backbone)
     got: dict[int, torch.Tensor] = {}
 
     def keep(i):
@@ -210,7 +209,7 @@ def layer_states(encoder: nn.Module, content: dict, layers: list[int]) -> torch.
 
     hooks = []
     for i in layers:
-        module = (backbone if i == LAST else backbone.embeddings if i == 0 else layer_list[i - 1])
+        module = (backbone if i == LAST else backbone.embeddings if i == 0 else layers_of[i - 1])
         hooks.append(module.register_forward_hook(keep(i)))
     was_training = encoder.training
     encoder.eval()
@@ -225,11 +224,9 @@ def layer_states(encoder: nn.Module, content: dict, layers: list[int]) -> torch.
 
 def geometry(item_encoder: nn.Module, stride: int) -> tuple[dict[str, list[int]], dict[str, int]]:
     """Layers read and hidden width of each modality of ``item_encoder``."""
-    from .sites import site_map
-
     layers, widths = {}, {}
     for m, enc in modal_encoders(item_encoder).items():
-        n = len(enc.backbone.get_submodule(site_map(enc.backbone).layers))
+        n = len(layer_list(enc.backbone))
         layers[m] = read_layers(n, stride)
         widths[m] = enc.backbone.config.hidden_size
     return layers, widths

@@ -124,6 +124,15 @@ class Options:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class TowerLayerOptions(Options):
+    """Options of a method that tunes pretrained parameters of some towers and layers."""
+
+    towers: list = option(["item", "user"], towers, "item, user or both")
+    layers: object = option("all", layers, "all, or a list of layer indices (parameters outside the "
+                            "layers, e.g. the embeddings' LayerNorm, only with all)")
+
+
 def parse(cls: type, method: str, given: dict) -> Options:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}

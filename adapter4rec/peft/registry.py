@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import options as opt
-from .sites import Tower, selected, tower_of, towers as model_towers
+from .towers import Tower, layernorm_names, mark_tuned, selected, tower_of, towers as model_towers
 
 log = logging.getLogger("adapter4rec")
 
@@ -31,31 +31,37 @@ class Method:
     name: str
     options: type                  # an options.Options dataclass
     insert: Callable               # insert(model, towers: dict[str, Tower], options) -> None
-    summary: str                   # one line for docs and `available`
+    doc: str                       # one line for docs and `available`
     freeze: bool = True            # False only for `full`
 
 
 REGISTRY: dict[str, Method] = {}
 
+# The order of ``available()`` (docs, tables, test matrices): the study's methods first. A method
+# registered elsewhere (a plugin) follows them in registration order.
+ORDER = ("full", "frozen", "houlsby", "pfeiffer", "parallel", "kadapter", "compacter", "lora",
+         "prompt", "layernorm", "bitfit", "iisan")
 
-def register(name: str, options: type, summary: str, freeze: bool = True):
+
+def register(name: str, options: type, doc: str, freeze: bool = True):
     """Decorator registering ``insert`` under ``name`` (adding a method touches one place)."""
     def deco(insert):
         if name in REGISTRY:
             raise ValueError(f"peft method {name!r} registered twice")
-        REGISTRY[name] = Method(name, options, insert, summary, freeze)
+        REGISTRY[name] = Method(name, options, insert, doc, freeze)
         return insert
     return deco
 
 
 def available() -> list[str]:
-    """The registered method names, in registration order."""
-    return list(REGISTRY)
+    """The registered method names: those of ``ORDER`` first, in that order, then any other."""
+    rank = {n: i for i, n in enumerate(ORDER)}
+    return sorted(REGISTRY, key=lambda n: rank.get(n, len(ORDER)))
 
 
 def get(method: str) -> Method:
     if method not in REGISTRY:
-        raise ConfigError(f"unknown peft.method {method!r}; available: {', '.join(REGISTRY)}")
+        raise ConfigError(f"unknown peft.method {method!r}; available: {', '.join(available())}")
     return REGISTRY[method]
 
 
@@ -89,8 +95,7 @@ def apply(model: nn.Module, method: str = "full", **options) -> dict:
     model.to(device)  # inserted modules join the model's device...
     model.train(model.training)  # ...and its train / eval mode
     if getattr(parsed, "tune_layernorm", False):
-        from .layernorm import tune_layernorms
-        tune_layernorms(model, chosen, parsed.layernorm_layers)
+        mark_tuned(model, layernorm_names(chosen, parsed.layernorm_layers))
     model.peft_config = {"method": method, **parsed.to_dict()}
     s = summary(model)
     log.info("peft %s: %d of %d parameters train (item %d, user %d, other %d)", method,
@@ -118,13 +123,5 @@ def summary(model: nn.Module) -> dict:
             "inserted": inserted, "towers": per}
 
 
-def mark_tuned(model: nn.Module, names) -> None:
-    """Make the named pretrained parameters trainable and record them (trainer: ``lr_peft``)."""
-    params = dict(model.named_parameters())
-    for n in names:
-        params[n].requires_grad_(True)
-        model.peft_tuned.add(n)
-
-
 __all__ = ["Method", "REGISTRY", "register", "available", "get", "defaults", "apply", "summary",
-           "mark_tuned", "Tower"]
+           "mark_tuned", "Tower", "ORDER"]

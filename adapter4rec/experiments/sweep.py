@@ -1,10 +1,10 @@
 """Target adaptation with every PEFT method: the loop behind ``scripts/adapt_*.py``.
 
-For each method, ``configs/adapt/<target>_<method>.yaml`` (+ ``--set`` overrides) is trained into
-``<output>/<method>`` through the library (``load_config`` + ``train``), one run after another in
-this process. A finished run (``metrics.json`` present) is skipped, an interrupted one resumed.
-A table of the results, with each run's adapter size next to the whole model's, ends the sweep
-(and is saved as ``<output>/summary.json``).
+``run_plan`` trains a list of (name, config, run folder) one after another in this process: a
+finished run (``metrics.json`` present) is skipped, an interrupted one resumed, and a table of the
+results, with each run's adapter size next to the whole model's, ends it (saved as
+``summary.json``). ``adapt`` plans one run per method from ``configs/adapt/<target>_<method>.yaml``
+(+ ``--set`` overrides) into ``<output>/<method>``.
 """
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config import load_config
 from ..errors import Adapter4RecError, ConfigError
+from ..peft import available
+from ..training.trainer import train
 
 COLUMNS = ("method", "trainable", "total", "adapter_mb", "model_mb", "valid_NDCG@10", "test_HR@10",
-           "test_NDCG@10")
+           "test_NDCG@10", "run")
 
 
 def config_path(config_dir: str | Path, target: str, method: str) -> Path:
@@ -24,12 +27,10 @@ def config_path(config_dir: str | Path, target: str, method: str) -> Path:
 
 def methods_for(config_dir: str | Path, target: str) -> list[str]:
     """The methods with a config for ``target``, in ``peft.available()`` order."""
-    from . import available
-
     return [m for m in available() if config_path(config_dir, target, m).is_file()]
 
 
-def _row(method: str, metrics: dict) -> dict:
+def _row(method: str, metrics: dict, run: Path) -> dict:
     peft = metrics.get("peft", {})
     model_mb = None
     if "total" in peft:
@@ -38,37 +39,40 @@ def _row(method: str, metrics: dict) -> dict:
             "total": metrics.get("total_params"), "adapter_mb": metrics.get("checkpoint_mb"),
             "model_mb": model_mb, "valid_NDCG@10": metrics.get("valid", {}).get("NDCG@10"),
             "test_HR@10": metrics.get("test", {}).get("HR@10"),
-            "test_NDCG@10": metrics.get("test", {}).get("NDCG@10")}
+            "test_NDCG@10": metrics.get("test", {}).get("NDCG@10"), "run": str(run)}
+
+
+def run_plan(plan: list[tuple[str, object, Path]], summary: str | Path | None = None) -> list[dict]:
+    """Train each (name, config, run folder) of ``plan`` in turn; one result row each."""
+    rows = []
+    for name, cfg, run in plan:
+        run = Path(run)
+        if (run / "metrics.json").is_file():
+            print(f"{name}: done already ({run})")
+        else:  # an interrupted run (metrics.jsonl but no metrics.json) is resumed
+            train(cfg, run, resume=(run / "metrics.jsonl").is_file())
+        rows.append(_row(name, json.loads((run / "metrics.json").read_text(encoding="utf-8")), run))
+    if summary is not None and rows:
+        Path(summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(summary).write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    return rows
 
 
 def adapt(target: str, config_dir: str | Path, output: str | Path, methods: list[str] | None = None,
           overrides: list[str] | None = None, dry_run: bool = False) -> list[dict]:
     """Train ``target`` with each method; returns one result row per method."""
-    from ..config import load_config
-    from ..training.trainer import train
-
     known = methods_for(config_dir, target)
     methods = methods or known
     missing = [m for m in methods if m not in known]
     if missing:
         raise ConfigError(f"no config for {', '.join(missing)} in {config_dir} (have: {', '.join(known)})")
     output = Path(output)
-    rows = []
-    for method in methods:
-        path, run = config_path(config_dir, target, method), output / method
-        cfg = load_config(path, overrides)  # checks every config before the first run, too
-        if dry_run:
-            rows.append({"method": method, "config": str(path), "output": str(run)})
-            continue
-        if (run / "metrics.json").is_file():
-            print(f"{method}: done already ({run})")
-        else:
-            train(cfg, run, resume=(run / "metrics.jsonl").is_file())
-        rows.append(_row(method, json.loads((run / "metrics.json").read_text(encoding="utf-8"))))
-    if not dry_run and rows:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "summary.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    return rows
+    plan = [(m, load_config(config_path(config_dir, target, m), overrides), output / m)
+            for m in methods]  # every config is checked before the first run, too
+    if dry_run:
+        return [{"method": m, "config": str(config_path(config_dir, target, m)), "output": str(run)}
+                for m, _, run in plan]
+    return run_plan(plan, output / "summary.json")
 
 
 def format_table(rows: list[dict]) -> str:

@@ -12,8 +12,10 @@ import logging
 import time
 from pathlib import Path
 
-from .config import load_config
-from .data.synthetic import make_transfer_pair, write_tiny_bert
+from .. import peft
+from ..config import load_config
+from ..data.synthetic import make_transfer_pair, write_tiny_bert
+from ..training.trainer import train
 
 log = logging.getLogger("adapter4rec")
 
@@ -30,9 +32,6 @@ def minilm_folder() -> str | None:
 
 def run_demo(out: str | Path = "runs/demo", epochs: int = 5, seed: int = 0, model: str | None = None,
              progress: bool = True) -> list[dict]:
-    from . import peft
-    from .training.trainer import train
-
     out = Path(out)
     t0 = time.time()
     # a small target domain: where transfer from the source matters most

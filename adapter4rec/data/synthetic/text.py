@@ -9,15 +9,10 @@ The source and target domains share the vocabulary and most of the chain but use
 (``S...`` / ``T...``), different (overlapping) topic subsets and different topic popularity, so
 knowledge learned on the source transfers to the target without the two being identical.
 
-``write_tiny_bert`` writes a small randomly initialised BERT whose vocabulary covers these words,
-for tests and as the demo fallback when no pretrained model is installed.
-
-    python -m adapter4rec.data.synthetic OUT_DIR   # writes OUT_DIR/source and OUT_DIR/target
+    adapter4rec synthetic OUT_DIR   # writes OUT_DIR/source and OUT_DIR/target
 """
 
-import argparse
 import random
-import string
 from pathlib import Path
 
 from adapter4rec.errors import ConfigError
@@ -179,54 +174,3 @@ def make_transfer_pair(root, seed=0, source_users=1000, source_items=400, target
     make_domain(root / "source", "source", source_users, source_items, seed, min_len, max_len)
     make_domain(root / "target", "target", target_users, target_items, seed, min_len, max_len)
     return root / "source", root / "target"
-
-
-def write_tiny_bert(out_dir, words=None, hidden_size=64, num_layers=2, num_heads=2,
-                    intermediate_size=128, seed=0):
-    """Write a small, randomly initialised Hugging Face BERT folder and return its path.
-
-    The vocabulary is the special tokens plus ``words`` (default: the generator's vocabulary, some
-    punctuation, letters and digits, and their ``##`` continuations, so any ASCII text tokenizes
-    without [UNK]). Loads offline with ``AutoModel`` / ``AutoTokenizer.from_pretrained(out_dir)``.
-    """
-    import torch  # imported here so the data generator itself does not need torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    if words is None:
-        chars = list(string.ascii_lowercase + string.digits)
-        words = vocabulary() + list("&-,.'/():;!?+#%\"") + chars + [f"##{c}" for c in chars]
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = specials + [w for w in dict.fromkeys(words) if w not in specials]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.txt").write_text("".join(f"{w}\n" for w in vocab), encoding="utf-8")
-
-    max_len = 64
-    # transformers 5 takes the vocabulary as `vocab=`; an old-style `vocab_file=` is silently
-    # ignored and leaves a tokenizer that maps every word to [UNK].
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True,
-                                  model_max_length=max_len)
-    if len(tokenizer) != len(vocab):
-        raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, expected {len(vocab)}")
-    tokenizer.save_pretrained(out)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size,
-                        num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                        intermediate_size=intermediate_size, max_position_embeddings=max_len)
-    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
-        torch.manual_seed(seed)
-        model = BertModel(config)
-    model.save_pretrained(out)
-    return str(out)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write a synthetic source/target dataset pair.")
-    parser.add_argument("out_dir")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    source, target = make_transfer_pair(args.out_dir, seed=args.seed)
-    print(f"wrote {source} and {target}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""The `adapter4rec` command: train, evaluate, demo, report, build-lmdb, cache.
+"""The `adapter4rec` command: train, evaluate, demo, report, build-lmdb, cache, methods, synthetic.
 
 A run under torchrun (`torchrun --nproc_per_node N -m adapter4rec.cli train ...`) uses DDP with
 the same command line.
@@ -10,12 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import Adapter4RecError
+from ..errors import Adapter4RecError
+from .cache import add_cache_parser
+from .lmdb import add_build_lmdb_parser
 
 
 def _train(args) -> None:
-    from .config import load_config
-    from .training.trainer import train
+    from ..config import load_config
+    from ..training.trainer import train
 
     if args.resume:
         run = Path(args.resume)
@@ -35,21 +37,37 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from .training.trainer import evaluate_run
+    from ..pipeline import evaluate_run
 
     print(json.dumps(evaluate_run(args.run, args.split, args.set), indent=2))
 
 
 def _demo(args) -> None:
-    from .demo import run_demo
+    from ..experiments.demo import run_demo
 
     run_demo(args.output, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
 
 
 def _report(args) -> None:
-    from .report import report
+    from ..experiments.report import report
 
     report(args.runs, args.plot, args.markdown)
+
+
+def _methods(args) -> None:
+    from .. import peft
+
+    for name in peft.available():
+        print(f"{name}: {peft.registry.get(name).doc}")
+        for key, default, doc in peft.options_of(name):
+            print(f"    {key} = {default!r}  {doc}")
+
+
+def _synthetic(args) -> None:
+    from ..data.synthetic import make_transfer_pair
+
+    source, target = make_transfer_pair(args.out_dir, seed=args.seed)
+    print(f"wrote {source} and {target}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--markdown", help="write the table as Markdown here")
     r.set_defaults(func=_report)
 
-    from .cache import add_cache_parser
-    from .data.images import add_build_lmdb_parser
-
     add_build_lmdb_parser(sub)
     add_cache_parser(sub)
+
+    m = sub.add_parser("methods", help="list the PEFT methods with their options and defaults")
+    m.set_defaults(func=_methods)
+
+    y = sub.add_parser("synthetic", help="write a synthetic source/target dataset pair")
+    y.add_argument("out_dir")
+    y.add_argument("--seed", type=int, default=0)
+    y.set_defaults(func=_synthetic)
 
     args = p.parse_args(argv)
     try:
@@ -96,7 +119,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adapter4rec: error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

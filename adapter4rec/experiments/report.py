@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import Adapter4RecError
+from ..errors import Adapter4RecError
 
 
 def collect(paths: list[str]) -> list[dict]:
