@@ -8,6 +8,7 @@ unknown key or a value of the wrong type fails at start with its dotted name.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -157,7 +158,13 @@ def _set(data: dict, dotted: str) -> None:
     if "=" not in dotted:
         raise ConfigError(f"--set expects a.b=value, got {dotted!r}")
     key, raw = dotted.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set expects a.b=value, got {dotted!r}")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set '{key}': the value {raw!r} is not valid YAML (quote a string, "
+                          "close brackets)") from None
     parts = key.split(".")
     node = data
     for p in parts[:-1]:
@@ -248,6 +255,23 @@ def validate(cfg: Config) -> None:
         sec, key = dotted.split(".")
         if getattr(getattr(cfg, sec), key) < 0:
             raise ConfigError(f"config key '{dotted}' must not be negative, got {getattr(getattr(cfg, sec), key)}")
+    if cfg.data.min_seq_len < 4:
+        raise ConfigError("config key 'data.min_seq_len' must be at least 4: the last two items are "
+                          "held out (valid, test), and a training pair needs two more; got "
+                          f"{cfg.data.min_seq_len}")
+    for f in fields(cfg.train):  # a NaN or infinite float setting is never meant
+        value = getattr(cfg.train, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key 'train.{f.name}' must be a finite number, got {value}")
+    for dotted in ("train.lr", "train.lr_backbone", "train.lr_peft"):
+        if getattr(cfg.train, dotted.split(".")[1]) < 0:
+            raise ConfigError(f"config key '{dotted}' must not be negative (a negative learning rate "
+                              f"climbs the loss), got {getattr(cfg.train, dotted.split('.')[1])}")
+    if cfg.train.objective == "sampled_softmax" and cfg.train.num_negatives < 1:
+        raise ConfigError("config key 'train.num_negatives' must be at least 1 with train.objective "
+                          "sampled_softmax (with none the loss is 0 and nothing is learned)")
+    if cfg.cache.batch_size < 1:
+        raise ConfigError(f"config key 'cache.batch_size' must be at least 1, got {cfg.cache.batch_size}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {cfg.model.dropout}")
     if cfg.model.embedding_dim % cfg.model.num_heads:

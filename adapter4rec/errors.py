@@ -30,3 +30,7 @@ class ConfigError(Adapter4RecError, ValueError):
 
 class CheckpointError(Adapter4RecError):
     """A checkpoint is missing, incompatible or corrupt."""
+
+
+class NonFiniteError(Adapter4RecError):
+    """A loss, gradient, or item / user vector is NaN or infinite (``train.nonfinite: error``)."""

@@ -88,7 +88,8 @@ class Run:
         c = self.cfg
         return evaluate(self.model, self.content, self.data, self.device, splits, c.eval.k,
                         c.eval.batch_size, c.eval.item_batch_size, c.data.exclude_history,
-                        self.amp, progress=progress, num_workers=c.train.num_workers)
+                        self.amp, progress=progress, num_workers=c.train.num_workers,
+                        nonfinite=c.train.nonfinite)
 
 
 def build_run(cfg: Config, data: RecData | None = None, content=None, device=None) -> Run:

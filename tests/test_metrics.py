@@ -42,3 +42,39 @@ def test_perfect_model():
 def test_bad_shapes():
     with pytest.raises(ValueError):
         ranking_metrics(torch.zeros(3), torch.zeros(3, dtype=torch.long))
+
+
+# --- non-finite scores (a NaN is never a hit) ------------------------------------------------------
+
+def test_all_nan_scores_are_misses():
+    scores = torch.full((4, 12), float("nan"))
+    assert ranking_metrics(scores, torch.tensor([1, 3, 5, 11])) == {"HR@10": 0.0, "NDCG@10": 0.0}
+
+
+def test_a_nan_item_ranks_ahead_of_the_target():
+    # target 1 has the best finite score; item 2 is NaN: it counts ahead, so the target is 2nd
+    scores = torch.tensor([[0.0, 0.9, float("nan"), 0.1]])
+    assert ranking_metrics(scores, torch.tensor([1]), k=1)["HR@1"] == 0.0
+    assert ranking_metrics(scores, torch.tensor([1]), k=2)["NDCG@2"] == pytest.approx(1 / math.log2(3))
+
+
+def test_chunk_ranks_agree_with_target_ranks_on_nan():
+    from adapter4rec.evaluation.evaluator import chunk_ranks
+    from adapter4rec.evaluation.metrics import target_ranks
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(6, 9, generator=g)
+    scores[0, 3] = float("nan")           # a NaN item
+    scores[1] = float("nan")              # a NaN user
+    scores[2, 4] = float("nan")           # the target itself NaN
+    targets = torch.tensor([2, 5, 4, 1, 7, 8])
+    exclude = torch.tensor([[3, 0], [0, 0], [1, 0], [0, 0], [2, 6], [8, 0]])
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    for u, row in enumerate(exclude.tolist()):
+        for i in row:
+            if i:
+                mask[u, i] = True
+    a = chunk_ranks(scores, targets, exclude)
+    b = target_ranks(scores, targets, mask)
+    assert torch.equal(a, b), (a, b)
+    assert math.isinf(a[1]) and math.isinf(a[2]) and math.isinf(a[5])

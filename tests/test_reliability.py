@@ -95,6 +95,28 @@ def test_too_few_users_after_filtering(world, tmp_path):
         build_data(d)
 
 
+def test_an_epoch_that_trains_no_position_stops_the_run(world, tmp_path):
+    """3-item users have no training pair (valid and test take two): the run used to train on
+    nothing, report loss 0 and exit 0."""
+    import numpy as np
+
+    from adapter4rec.data.split import RecData
+
+    short = RecData([f"i{n}" for n in range(1, 9)], [""] * 8, ["a", "b", "c"],
+                    [np.array([1, 2, 3]), np.array([4, 5, 6]), np.array([7, 8, 1])], max_seq_len=5)
+    with pytest.raises(TrainingError, match="trained no position"):
+        train(load_config(overrides=id_sets(world[1])), tmp_path / "run", data=short)
+    with pytest.raises(ConfigError, match="data.min_seq_len must be at least 4"):
+        build_data(world[1], min_seq_len=3)
+
+
+def test_titles_longer_than_the_backbone_allows(world):
+    cfg = load_config(overrides=[f"data.path={world[1]}", f"model.pretrained={world[2]}",
+                                 "data.max_title_len=65"])  # the tiny BERT has 64 positions
+    with pytest.raises(ConfigError, match="'data.max_title_len' is 65, but .* has 64 positions"):
+        prepare(cfg)
+
+
 def test_bad_sequence_lengths():
     with pytest.raises(ConfigError, match="data.max_seq_len"):
         load_config(overrides=["data.max_seq_len=0", "model.item_encoder=id"])
@@ -115,6 +137,15 @@ def test_bad_sequence_lengths():
     ({}, ["train.warmup_steps=-1"], "train.warmup_steps"),
     ({}, ["train.checkpoint_every=-3"], "train.checkpoint_every"),
     ({}, ["model.dropout=1.5"], "model.dropout"),
+    # values that used to run and learn nothing, or learn backwards (gradient ascent), and exit 0
+    ({}, ["train.lr=-1"], "train.lr"),
+    ({}, ["train.lr=.nan"], "train.lr"),
+    ({}, ["train.lr_peft=-0.001"], "train.lr_peft"),
+    ({}, ["train.weight_decay=.inf"], "train.weight_decay"),
+    ({}, ["train.objective=sampled_softmax", "train.num_negatives=0"], "train.num_negatives"),
+    ({}, ["cache.batch_size=0"], "cache.batch_size"),
+    ({}, ["data.min_seq_len=3"], "data.min_seq_len"),
+    ({}, ["train.lr=[1"], "train.lr"),  # a --set value that is not YAML
 ])
 def test_config_errors_name_the_dotted_key(world, tmp_path, capsys, patch, overrides, key):
     cfg = {"data": {"path": str(world[1])}, "model": {"item_encoder": "id"}, "train": {"epochs": 1}}
@@ -252,6 +283,31 @@ def test_nonfinite_skip_counts_and_completes(world, tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in load_weights(run / "checkpoints" / "latest").values())
     assert math.isfinite(saved["valid"]["NDCG@10"])
     assert "batch skipped (2 so far)" in (run / "train.log").read_text()
+
+
+
+def test_weights_gone_nan_fail_the_evaluation(world, tmp_path, monkeypatch):
+    """A finite update that leaves NaN weights: the evaluation refuses to report a metric (it
+    used to rank every NaN target first: HR@10 near 1, saved as checkpoints/best)."""
+    from adapter4rec.errors import NonFiniteError
+    from adapter4rec.training import trainer as trainer_mod
+
+    epoch = trainer_mod.Trainer._train_epoch
+
+    def poisoned(self):  # the epoch's last update leaves NaN weights behind
+        record = epoch(self)
+        with torch.no_grad():
+            self.model.item_encoder.table.weight.fill_(float("nan"))
+        return record
+    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match="item vectors are not finite"):
+        train(load_config(overrides=id_sets(world[1])), run)
+    assert not (run / "checkpoints" / "best").exists() and not (run / "metrics.json").exists()
+    # under nonfinite: skip the run completes, and the NaN model's metrics are misses, not good
+    res = train(load_config(overrides=id_sets(world[1], train__nonfinite="skip")), tmp_path / "skip")
+    assert res["valid"] == {"HR@10": 0.0, "NDCG@10": 0.0} and res["test"]["HR@10"] == 0.0
+    assert "item vectors are not finite" in (tmp_path / "skip" / "train.log").read_text()
 
 
 # --- determinism ----------------------------------------------------------------------------------

@@ -60,9 +60,10 @@ def build_data(path: str | Path, users_file: str = "users.tsv", items_file: str 
                unknown_items: str = "error") -> RecData:
     if max_seq_len < 1:
         raise ConfigError(f"data.max_seq_len must be at least 1, got {max_seq_len}")
-    if min_seq_len < 3:
-        raise ConfigError("data.min_seq_len must be at least 3: leave-one-out needs one training "
-                          f"pair, a validation and a test item; got {min_seq_len}")
+    if min_seq_len < 4:
+        raise ConfigError("data.min_seq_len must be at least 4: leave-one-out holds out a "
+                          "validation and a test item, and a training pair needs two more; got "
+                          f"{min_seq_len}")
     root = Path(path)
     if not str(path) or not root.is_dir():
         raise ConfigError(f"data.path {str(path)!r} is not a folder; it must hold "

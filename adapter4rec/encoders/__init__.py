@@ -18,6 +18,12 @@ def build_item_encoder(cfg, data, content=None):
         return IdItemEncoder(data.n_items, m.embedding_dim), content or IdContent(data.n_items)
     if m.item_encoder == "text":
         backbone = load_backbone(m.pretrained, m.random_init, expect_type="bert|roberta")
+        # RoBERTa numbers positions from padding_idx + 1: that many fewer positions are usable
+        offset = backbone.config.pad_token_id + 1 if backbone.config.model_type == "roberta" else 0
+        limit = backbone.config.max_position_embeddings - offset
+        if cfg.data.max_title_len > limit:
+            raise ConfigError(f"config key 'data.max_title_len' is {cfg.data.max_title_len}, but "
+                              f"{m.pretrained} has {limit} positions: titles that long cannot be encoded")
         if content is None:
             content = TextContent.from_titles(data.texts, m.pretrained, cfg.data.max_title_len)
         return TextItemEncoder(backbone, m.embedding_dim, m.pooling), content

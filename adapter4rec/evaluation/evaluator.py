@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..data.batching import item_loader, left_pad
 from ..data.split import RecData
+from ..errors import NonFiniteError
 from ..runtime import distributed as dist
 
 log = logging.getLogger("adapter4rec")
@@ -56,20 +57,24 @@ def chunk_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tens
     """``metrics.target_ranks`` with the excluded items given as a small [users, H] matrix of
     distinct item ids per row (0 = none) instead of a dense [users, items] mask.
 
-    rank = 1 + #{items j >= 1, j != target, j not excluded : score_j >= score_target}; an excluded
-    target gets rank inf. One comparison pass over the scores (into ``ge_out``, a reusable bool
-    buffer, when given), then a correction over the <= H excluded items of each row.
+    rank = 1 + #{items j >= 1, j != target, j not excluded : not score_j < score_target}; an
+    excluded target gets rank inf. "Not below" is ">=" for numbers, and counts a NaN item ahead of
+    the target; a target whose own score is NaN gets rank inf (a NaN is never a hit). One
+    comparison pass over the scores (into ``ge_out``, a reusable bool buffer, when given), then a
+    correction over the <= H excluded items of each row.
     """
     scores = scores.float()
     rows = torch.arange(len(targets), device=scores.device)
     t = scores[rows, targets][:, None]
-    ge = torch.ge(scores, t, out=ge_out) if ge_out is not None else scores >= t
-    ahead = ge.view(torch.uint8).sum(1, dtype=torch.int32).long()
-    ahead -= ge[:, 0].long() + ge[rows, targets].long()  # the padding column and the target itself
+    lt = torch.lt(scores, t, out=ge_out) if ge_out is not None else scores < t
+    ahead = scores.shape[1] - lt.view(torch.uint8).sum(1, dtype=torch.int32).long()
+    # the padding column and the target itself
+    ahead -= (~lt[:, 0]).long() + (~lt[rows, targets]).long()
     if exclude is not None and exclude.numel():
         other = (exclude > 0) & (exclude != targets[:, None])
-        ahead -= ((scores.gather(1, exclude) >= t) & other).sum(1)
+        ahead -= (~(scores.gather(1, exclude) < t) & other).sum(1)
     rank = 1 + ahead.float()
+    rank[torch.isnan(t[:, 0])] = math.inf
     if exclude is not None and exclude.numel():
         rank[(exclude == targets[:, None]).any(1)] = math.inf
     return rank
@@ -86,7 +91,8 @@ def _exclusions(data: RecData, users, split: str) -> np.ndarray:
 
 @torch.no_grad()
 def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
-               batch_size: int = 256, exclude_history: bool = True, amp_dtype=None) -> torch.Tensor:
+               batch_size: int = 256, exclude_history: bool = True, amp_dtype=None,
+               counts: dict | None = None) -> torch.Tensor:
     """Ranks of this rank's share of users' targets for ``split`` (valid | test).
 
     Users go in chunks of at most ``batch_size`` whose scores stay under ``SCORE_BUDGET``
@@ -105,6 +111,8 @@ def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
         tgt = torch.tensor([data.target(u, split) for u in users], device=device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             vec = model.user_vectors(items[hist], hist > 0).float()
+        if counts is not None:  # users whose vector is not finite (their targets are misses)
+            counts["users"] = counts.get("users", 0) + int((~torch.isfinite(vec).all(1)).sum())
         if buf is None:
             buf = torch.empty(min(chunk, hi - lo), len(items), device=device)
             ge_buf = torch.empty(buf.shape, dtype=torch.bool, device=device)
@@ -117,19 +125,41 @@ def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
 
 def evaluate(model, content, data: RecData, device, splits=("valid", "test"), k: int = 10,
              batch_size: int = 256, item_batch_size: int = 256, exclude_history: bool = True,
-             amp_dtype=None, progress: bool = False,
-             num_workers: int = 0) -> dict[str, dict[str, float]]:
-    """{split: {"HR@k", "NDCG@k"}} for each split, from a single item-encoding pass."""
+             amp_dtype=None, progress: bool = False, num_workers: int = 0,
+             nonfinite: str = "error") -> dict[str, dict[str, float]]:
+    """{split: {"HR@k", "NDCG@k"}} for each split, from a single item-encoding pass.
+
+    Item or user vectors that are not finite (a model whose weights went NaN) raise
+    ``NonFiniteError`` with ``nonfinite="error"``; with ``"skip"`` they are counted and logged, a
+    NaN item ranks ahead of every target and a user with a NaN vector is a miss."""
     model = getattr(model, "module", model)  # DDP wrapper
     items = encode_all_items(model, content, device, item_batch_size, amp_dtype, progress, num_workers)
+    bad_items = int((~torch.isfinite(items[1:]).all(1)).sum())  # the same on every rank (gathered)
+    if bad_items:
+        _nonfinite(nonfinite, f"{bad_items} of {data.n_items} item vectors are not finite")
     out = {}
     for split in splits:
-        r = rank_users(model, items, data, split, device, batch_size, exclude_history, amp_dtype)
+        counts = {}
+        r = rank_users(model, items, data, split, device, batch_size, exclude_history, amp_dtype,
+                       counts)
+        bad_users = int(dist.all_reduce_sum(torch.tensor([counts.get("users", 0)], device=device)))
+        if bad_users:
+            _nonfinite(nonfinite, f"{split}: {bad_users} of {data.n_users} user vectors are not "
+                                  "finite (counted as misses)")
         hit = (r <= k).sum().float()
         ndcg = torch.where(r <= k, 1.0 / torch.log2(r.clamp(max=1e9) + 1), torch.zeros_like(r)).sum()
         sums = dist.all_reduce_sum(torch.stack([hit, ndcg]).to(device).float())
         out[split] = {f"HR@{k}": float(sums[0]) / data.n_users, f"NDCG@{k}": float(sums[1]) / data.n_users}
     return out
+
+
+def _nonfinite(policy: str, what: str) -> None:
+    if policy == "skip":
+        log.warning("evaluation: %s; train.nonfinite: skip counts them against the model", what)
+        return
+    raise NonFiniteError(f"evaluation: {what}: the model's weights or its inputs hold NaN or inf, "
+                         "and no metric is reported (train.nonfinite: skip counts such items and "
+                         "users as misses instead)")
 
 
 def unreachable_targets(data: RecData, split: str) -> int:

@@ -2,7 +2,8 @@
 
 The rank of the target is counted, not sorted: rank = 1 + the number of rankable items whose
 score is >= the target's. That is exact, costs one comparison per score (cheaper than top-k or a
-sort), and makes ties count against the target, so a constant model scores 0.
+sort), and makes ties count against the target, so a constant model scores 0. A NaN never helps:
+a NaN item counts ahead of the target, and a target whose own score is NaN is a miss.
 """
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor,
     scores = scores.float()
     rows = torch.arange(len(targets), device=scores.device)
     t = scores[rows, targets]
-    ahead = scores >= t[:, None]
+    ahead = ~(scores < t[:, None])  # ">=", and a NaN item counts ahead of the target
     ahead[:, 0] = False
     ahead[rows, targets] = False
     if exclude_mask is not None:
         ahead &= ~exclude_mask
     rank = 1 + ahead.sum(1).float()
+    rank[torch.isnan(t)] = math.inf  # a NaN target score is never a hit
     if exclude_mask is not None:
         rank[exclude_mask[rows, targets]] = math.inf
     return rank

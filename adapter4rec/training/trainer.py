@@ -189,13 +189,18 @@ class Trainer:
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch}", total=self.steps - start,
                    disable=not (t.progress and dist.is_main()), leave=False)
+        positions = 0
         for batch in bar:
+            positions += int(batch["global_positions"])
             if self._step(_to(batch, self.run.device)):
                 bar.set_postfix(loss=f"{s.epoch_loss / s.epoch_batches:.4f}")
             if t.checkpoint_every and s.global_step % t.checkpoint_every == 0 \
                     and s.step < self.steps:  # (the end of the epoch is saved by train)
                 self.save_checkpoint("latest")
         s.train_seconds += time.time() - t0
+        if start < self.steps and positions == 0:
+            raise TrainingError(f"epoch {epoch} trained no position: every user's training part "
+                                "is shorter than two items (data.min_seq_len must be at least 4)")
         record = {"epoch": epoch, "global_step": s.global_step,
                   "train_loss": s.epoch_loss / max(s.epoch_batches, 1),
                   "epoch_seconds": round(time.time() - t0, 3)}
