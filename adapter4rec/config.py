@@ -28,6 +28,7 @@ class DataConfig:
     min_seq_len: int = 5              # users with fewer interactions are dropped (as the reference)
     max_seq_len: int = 10             # inputs are the last max_seq_len items, left padded
     max_title_len: int = 30           # tokens kept per title
+    max_unk_fraction: float = 0.5     # refuse the run when more titles than this are mostly [UNK]
     with_abstract: bool = False       # append the abstract column to the title
     exclude_history: bool = True      # mask the user's history when ranking (as the reference)
     unknown_items: str = "error"      # item in users file missing from items file: error | drop
@@ -68,6 +69,7 @@ class TrainConfig:
     lr_backbone: float = 5e-5         # pretrained item-encoder backbone (when trained)
     lr_peft: float = 1e-3             # inserted modules (adapters, LoRA, prompts, LayerNorm, ...)
     weight_decay: float = 0.0         # AdamW/Adam weight decay
+    decay_embeddings: bool = False    # also decay embedding tables (GPSD); never biases or norm gains
     clip_grad_norm: float = 0.0       # 0: no clipping
     patience: int = 5                 # early stopping on validation NDCG@10
     eval_every: int = 1               # epochs between evaluations
@@ -259,6 +261,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'data.min_seq_len' must be at least 4: the last two items are "
                           "held out (valid, test), and a training pair needs two more; got "
                           f"{cfg.data.min_seq_len}")
+    if not 0.0 <= cfg.data.max_unk_fraction <= 1.0:
+        raise ConfigError(f"config key 'data.max_unk_fraction' must be in [0, 1], got {cfg.data.max_unk_fraction}")
     for f in fields(cfg.train):  # a NaN or infinite float setting is never meant
         value = getattr(cfg.train, f.name)
         if isinstance(value, float) and not math.isfinite(value):

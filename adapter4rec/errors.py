@@ -34,3 +34,7 @@ class CheckpointError(Adapter4RecError):
 
 class NonFiniteError(Adapter4RecError):
     """A loss, gradient, or item / user vector is NaN or infinite (``train.nonfinite: error``)."""
+
+
+class StorageError(Adapter4RecError):
+    """A file cannot be written (disk full, read-only folder, ...); ``str()`` names the path."""

@@ -45,3 +45,13 @@ def overrides(data, bert=None, **kw):
     sets.append(f"model.pretrained={bert}" if bert else "model.item_encoder=id")
     sets += [f"{k.replace('__', '.')}={v}" for k, v in kw.items()]
     return sets
+
+
+def perturb(model, seed, scale=0.05):
+    """Move every trainable parameter by seeded noise: stands for training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+

@@ -61,7 +61,8 @@ def test_round_trip_matches_the_backbone(domains, tiny_bert, tmp_path):
     layers = model.item_encoder.peft_side.layers["text"]
     assert index["complete"] and index["layers"] == layers == [0, 2]
     assert index["shape"] == [data.n_items + 1, 2, 32] and index["dtype"] == "float16"
-    assert sorted(p.name for p in cache.folder.iterdir()) == ["hidden.bin", "index.json"]  # one file
+    # one array, its index and the build lock; no temporary file left behind
+    assert sorted(p.name for p in cache.folder.iterdir()) == [".lock", "hidden.bin", "index.json"]
     ids = np.array([1, 5, data.n_items])
     got = content.get(ids)["hidden"]
     direct = layer_states(model.item_encoder, content.stores["text"].get(ids), layers)

@@ -1,5 +1,7 @@
 """Fuzz the readers: on any bytes they return consistent data or raise DataError, nothing else."""
 
+import html
+
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -80,3 +82,97 @@ def test_read_users_fuzz(tmp_path, data):
     kept, dropped = check_known_items(users, known, path, policy="drop")
     assert all(seq and set(seq) <= known for _, seq in kept)
     assert dropped == sum(len(s) for _, s in users) - sum(len(s) for _, s in kept)
+
+
+
+# --- well-formed files load completely ---------------------------------------------------------
+# The properties above accept a DataError for any input, so a reader that refused every file
+# passed them. These generate only files the format allows (see data/readers.py) and want every
+# record back, exactly and in file order.
+
+WELL_FORMED = settings(max_examples=100, deadline=None,
+                       suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+# An id: no whitespace (the users file splits ids on it), no control character, no BOM (stripped at
+# the start of a file) and no surrogate (not encodable as UTF-8).
+token = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"),
+                              blacklist_characters="\ufeff"), min_size=1, max_size=6)
+# Free text: anything but the column and line separators; stripped, as the reader strips fields.
+free_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r"),
+                    max_size=12).map(str.strip)
+pad = st.sampled_from(["", " ", "  ", "\u3000"])     # whitespace around a field, stripped
+blank = st.sampled_from(["", "", "\n", " \n", "\r\n", "\t\n"])  # blank lines before a record
+eol = st.sampled_from(["\n", "\r\n"])
+
+
+def assemble(draw, lines):
+    """``(bytes, line numbers)`` of a file holding ``lines`` in order, with blank lines, CRLF or
+    LF endings, maybe a BOM and maybe no final line end."""
+    text, numbers = "", []
+    for i, line in enumerate(lines):
+        text += draw(blank)
+        numbers.append(text.count("\n") + 1)
+        text += line + (draw(eol) if i < len(lines) - 1 or draw(st.booleans()) else "")
+    bom = b"\xef\xbb\xbf" if draw(st.booleans()) else b""
+    return bom + text.encode("utf-8"), numbers
+
+
+@st.composite
+def items_file(draw):
+    """``(bytes, expected {item_id: text}, with_abstract)``: titled (maybe with abstracts) or
+    id-only (the image layout)."""
+    ids = draw(st.lists(token, min_size=1, max_size=8, unique=True))
+    titled, with_abstract = draw(st.booleans()), draw(st.booleans())
+    lines, expected = [], {}
+    for item_id in ids:
+        line, text = draw(pad) + item_id + draw(pad), ""
+        if titled:
+            # html.escape, because the reader unescapes entities: this title reads back as `title`
+            title = draw(free_text.filter(bool))
+            line += "\t" + draw(pad) + html.escape(title) + draw(pad)
+            text = title
+            if draw(st.booleans()):
+                abstract = draw(free_text)
+                line += "\t" + draw(pad) + html.escape(abstract) + draw(pad)
+                if with_abstract and abstract:
+                    text = f"{title} {abstract}"
+        lines.append(line)
+        expected[item_id] = text
+    return assemble(draw, lines)[0], expected, with_abstract
+
+
+@WELL_FORMED
+@given(case=items_file())
+def test_read_items_well_formed(tmp_path, case):
+    data, expected, with_abstract = case
+    path = tmp_path / "items.tsv"
+    path.write_bytes(data)
+    items = read_items(path, with_abstract=with_abstract)
+    assert list(items.items()) == list(expected.items())
+
+
+@st.composite
+def users_file(draw):
+    """``(bytes, expected [(user_id, items)], line numbers)``; item ids may repeat within and
+    across users."""
+    user_ids = draw(st.lists(token, min_size=1, max_size=8, unique=True))
+    pool = draw(st.lists(token, min_size=1, max_size=10))
+    lines, expected = [], []
+    for user_id in user_ids:
+        seq = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=6))
+        sep = draw(st.sampled_from([" ", "  ", "\u3000", " \u00a0"]))
+        lines.append(draw(pad) + user_id + draw(pad) + "\t" + draw(pad) + sep.join(seq) + draw(pad))
+        expected.append((user_id, seq))
+    data, numbers = assemble(draw, lines)
+    return data, expected, numbers
+
+
+@WELL_FORMED
+@given(case=users_file())
+def test_read_users_well_formed(tmp_path, case):
+    data, expected, numbers = case
+    path = tmp_path / "users.tsv"
+    path.write_bytes(data)
+    users = read_users(path)
+    assert list(users) == expected
+    assert users.line_numbers == numbers

@@ -78,3 +78,40 @@ def test_chunk_ranks_agree_with_target_ranks_on_nan():
     b = target_ranks(scores, targets, mask)
     assert torch.equal(a, b), (a, b)
     assert math.isinf(a[1]) and math.isinf(a[2]) and math.isinf(a[5])
+
+
+# --- an independent oracle: ir-measures (trec_eval's nDCG and Success) -----------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("with_exclusions", [False, True])
+def test_agrees_with_ir_measures_without_ties(seed, with_exclusions):
+    """HR@k = Success@k and NDCG@k = nDCG@k (binary relevance, one relevant item per user), as
+    trec_eval computes them through ir-measures, on random scores without ties. Column 0 (padding)
+    and a user's excluded items are left out of the run handed to the oracle; an excluded target
+    stays in the qrels and so is a miss there too."""
+    import ir_measures
+    from ir_measures import Success, nDCG
+
+    g = torch.Generator().manual_seed(seed)
+    users, items = 40, 30  # columns 0..items; item ids 1..items
+    # every row a random permutation: no ties, exactly representable as float32
+    scores = torch.stack([torch.randperm(items + 1, generator=g) for _ in range(users)]).float()
+    targets = torch.randint(1, items + 1, (users,), generator=g)
+    exclude = None
+    if with_exclusions:
+        exclude = [torch.randperm(items, generator=g)[:int(torch.randint(0, 8, (1,), generator=g))]
+                   .add(1).tolist() for _ in range(users)]
+        for u in range(0, users, 5):  # make sure some targets are excluded
+            exclude[u] = sorted(set(exclude[u]) | {int(targets[u])})
+    qrels = {f"u{u}": {f"i{int(targets[u])}": 1} for u in range(users)}
+    run = {}
+    for u in range(users):
+        skip = set(exclude[u]) if exclude else set()
+        run[f"u{u}"] = {f"i{i}": float(scores[u, i]) for i in range(1, items + 1) if i not in skip}
+    for k in (1, 3, 5, 10, 25):
+        ours = ranking_metrics(scores, targets, k=k, exclude=exclude)
+        peer = ir_measures.calc_aggregate([Success @ k, nDCG @ k], qrels, run)
+        assert ours[f"HR@{k}"] == pytest.approx(peer[Success @ k], abs=1e-6), k
+        assert ours[f"NDCG@{k}"] == pytest.approx(peer[nDCG @ k], abs=1e-6), k
+    if with_exclusions:  # the excluded targets really are misses on both sides
+        assert ranking_metrics(scores, targets, k=items, exclude=exclude)["HR@30"] < 1.0

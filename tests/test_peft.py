@@ -26,6 +26,8 @@ from adapter4rec.encoders.text import TextItemEncoder
 from adapter4rec.errors import CheckpointError, ConfigError
 from adapter4rec.model import Recommender
 
+from conftest import perturb
+
 V, P, T = 100, 40, 2          # BERT vocabulary, positions, token types
 H, I, L = 32, 64, 2           # BERT width, FFN width, layers
 D, B, S = 16, 2, 6            # SASRec width, blocks, sequence length
@@ -634,14 +636,6 @@ def test_deepcopy_keeps_hooks_bound_to_the_copy():
 
 # ---------------------------------------------------------------------------------------------
 # adapter files and domains
-
-def perturb(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-
 
 # methods exempt from "an adapter file reproduces the trained model's outputs on the backbone"
 SAVE_LOAD_EXEMPT: dict[str, str] = {}

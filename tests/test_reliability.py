@@ -282,6 +282,8 @@ def test_nonfinite_skip_counts_and_completes(world, tmp_path, monkeypatch):
     assert saved["skipped_batches"] == 2 and saved["global_steps"] == 14
     assert all(torch.isfinite(v).all() for v in load_weights(run / "checkpoints" / "latest").values())
     assert math.isfinite(saved["valid"]["NDCG@10"])
+    # the skipped batches are not reported as a good model (a NaN ranked first used to score ~1)
+    assert saved["valid"]["HR@10"] < 0.9 and saved["test"]["HR@10"] < 0.9
     assert "batch skipped (2 so far)" in (run / "train.log").read_text()
 
 

@@ -4,12 +4,17 @@
 what the states would be computed from, opens the matching cache or builds it (a progress bar;
 under DDP every rank encodes its shard), frees the backbone's weights (``cache.release_backbone``)
 and returns the content store the run uses instead of tokens/pixels.
+
+Two processes that attach the same missing cache at once (two sweep jobs on one machine) take
+turns on the folder's lock (``store.lock``): the second waits, finds the cache the first built,
+checks its fingerprint and rows, and uses it.
 """
 from __future__ import annotations
 
 import ctypes
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +22,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.batching import item_loader
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..peft.iisan import LAST, layer_states, modal_encoders, side_network
 from ..runtime import distributed as dist
 from ..runtime.precision import amp_dtype
 from .fingerprint import backbone_path, cache_folder, fingerprint
-from .store import HiddenCache, Writer, open_cache
+from .store import HiddenCache, Writer, lock, open_cache
 
 log = logging.getLogger("adapter4rec")
 
@@ -68,19 +73,70 @@ def modal_contents(content, modalities) -> dict:
     return {m: content}
 
 
+def _opened_everywhere(found: HiddenCache | None, folder: Path, fp: dict) -> HiddenCache | None:
+    """Rank 0 looked for the cache (``found``, its rows verified); every rank gets it or None.
+    The other ranks open the same index without reading the rows again."""
+    if not dist.broadcast_object(found is not None):
+        return None
+    cache = found or open_cache(folder, fp, verify=False)
+    if cache is None:
+        raise DataError("rank 0 opened the hidden-state cache here but this rank cannot (was it "
+                        "replaced meanwhile?); run again", folder)
+    return cache
+
+
 def build_cache(encoder, store, folder: str | Path, layers: list[int], fingerprint: dict,
                 dtype: str = "float16", batch_size: int = 256, device=None, amp=None,
-                progress: bool = True, num_workers: int = 0, desc: str = "cache") -> HiddenCache:
+                progress: bool = True, num_workers: int = 0, desc: str = "cache",
+                reuse: bool = True) -> HiddenCache:
     """Encode every item of ``store`` once with the frozen ``encoder`` and write the pooled states of
-    ``layers`` to ``folder`` (see ``store.py``). Under DDP each rank encodes a contiguous shard."""
+    ``layers`` to ``folder`` (see ``store.py``). Under DDP each rank encodes a contiguous shard.
+
+    Rank 0 holds the folder's lock from the look for a finished cache until the new one is
+    published and every rank has opened it. With ``reuse``, a cache with this fingerprint that
+    another process finished while this one waited for the lock is used instead of rebuilt."""
+    folder = Path(folder)
     device = device or torch.device("cpu")
+    main = dist.is_main()
+    with lock(folder) if main else nullcontext():
+        if reuse:
+            found = _opened_everywhere(open_cache(folder, fingerprint, quiet=True) if main else None,
+                                       folder, fingerprint)
+            if found is not None:
+                log.info("hidden-state cache %s: another process built it while this one "
+                         "waited; using it", folder)
+                return found
+        n = len(store)
+        hidden = encoder.backbone.config.hidden_size
+        writer = Writer(folder, n, layers, hidden, dtype)
+        # every rank writes its rows into the one temporary array rank 0 created
+        writer.tmp = dist.broadcast_object(writer.create() if main else None)
+        try:
+            writer.open()
+            seconds = _encode(encoder, store, writer, device, amp, batch_size, num_workers,
+                              progress, desc)
+            cache = None
+            if main:
+                cache = writer.finish(fingerprint, build_seconds=round(seconds, 3), items=n,
+                                      device=str(device), ranks=dist.world())
+        finally:
+            if main:
+                writer.discard()  # nothing left behind when the build failed (gone once renamed)
+        dist.barrier()
+        cache = cache or open_cache(folder, fingerprint, verify=False)
+        if cache is None:
+            raise DataError("the hidden-state cache rank 0 published is not there", folder)
+        dist.barrier()  # the lock is released once every rank has opened the new array
+    log.info("hidden-state cache %s: built [%d, %d, %d] %s in %.1f s (%.0f items/s)", folder,
+             *cache.shape, dtype, seconds, n / max(seconds, 1e-9))
+    return cache
+
+
+def _encode(encoder, store, writer: Writer, device, amp, batch_size, num_workers, progress,
+            desc) -> float:
+    """This rank's shard of the items through ``encoder`` into ``writer``; the slowest rank's
+    seconds."""
     n = len(store)
-    hidden = encoder.backbone.config.hidden_size
-    writer = Writer(folder, n, layers, hidden, dtype)
-    if dist.is_main():
-        writer.create()
-    dist.barrier()
-    writer.open()
     lo, hi = dist.shard_range(n, dist.rank(), dist.world())
     ids = np.arange(lo + 1, hi + 1)
     loader = item_loader(store, ids, batch_size, num_workers, pin_memory=device.type == "cuda")
@@ -92,22 +148,13 @@ def build_cache(encoder, store, folder: str | Path, layers: list[int], fingerpri
         for start, content in loader:
             content = {k: v.to(device, non_blocking=True) for k, v in content.items()}
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                states = layer_states(encoder, content, layers)
+                states = layer_states(encoder, content, layers=writer.layers)
             writer.write(start, states)
             bar.update(len(states))
     writer.close()
     encoder.to(was)
     dist.barrier()
-    seconds = dist.all_reduce_sum(torch.tensor([time.time() - t0], device=device)).max().item()
-    cache = None
-    if dist.is_main():
-        cache = writer.finish(fingerprint, build_seconds=round(seconds, 3), items=n,
-                              device=str(device), ranks=dist.world())
-    dist.barrier()
-    cache = cache or HiddenCache(folder)
-    log.info("hidden-state cache %s: built [%d, %d, %d] %s in %.1f s (%.0f items/s)", folder,
-             *cache.shape, dtype, seconds, n / max(seconds, 1e-9))
-    return cache
+    return dist.all_reduce_sum(torch.tensor([time.time() - t0], device=device)).max().item()
 
 
 def release_backbone(encoder) -> int:
@@ -151,15 +198,14 @@ def attach(cfg, model, data, content, device=None):
             raise ConfigError("the backbone was already released: attach the cache once per model")
         fp = fingerprint(enc, store, lay, model_dir, cfg.cache.dtype, amp)
         folder = cache_folder(cfg, m, lay)
-        if cfg.cache.rebuild and dist.is_main() and (folder / "index.json").exists():
-            (folder / "index.json").unlink()
-        dist.barrier()
-        cache = dist.broadcast_object(open_cache(folder, fp) is not None)
-        cache = open_cache(folder, fp) if cache else None
+        # rank 0 checks the rows; the old cache stays in place until a rebuild publishes its own
+        cache = None
+        if not cfg.cache.rebuild:
+            cache = _opened_everywhere(open_cache(folder, fp) if dist.is_main() else None, folder, fp)
         if cache is None:
             cache = build_cache(enc, store, folder, lay, fp, cfg.cache.dtype, cfg.cache.batch_size,
                                 device, amp, cfg.train.progress, cfg.train.num_workers,
-                                desc=f"caching {m} hidden states")
+                                desc=f"caching {m} hidden states", reuse=not cfg.cache.rebuild)
         else:
             log.info("hidden-state cache %s: [%d, %d, %d] %s, written %s", folder, *cache.shape,
                      cache.dtype, cache.index.get("written", "?"))

@@ -39,7 +39,7 @@ def _train(args) -> None:
 def _evaluate(args) -> None:
     from ..pipeline import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run, args.split, args.set), indent=2))
+    print(json.dumps(evaluate_run(args.run, args.split, args.set, args.allow_source_change), indent=2))
 
 
 def _demo(args) -> None:
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--run", required=True, help="run folder")
     e.add_argument("--split", default="test", choices=["valid", "test", "both"])
     e.add_argument("--set", action="append", default=[], metavar="a.b=value")
+    e.add_argument("--allow-source-change", action="store_true",
+                   help="evaluate even if the run's source checkpoint or frozen weights changed")
     e.set_defaults(func=_evaluate)
 
     d = sub.add_parser("demo", help="synthetic source -> target transfer, end to end")
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Adapter4RecError as err:
+        print(f"adapter4rec: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file the library did not expect to fail: still one line
         print(f"adapter4rec: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..cache import read_index
+from ..cache import load_index
 from ..config import load_config
 from ..errors import ConfigError
 from ..pipeline import build_run
@@ -39,7 +39,4 @@ def _build_main(args) -> None:
 
 
 def _info_main(args) -> None:
-    index = read_index(args.folder)
-    if index is None:
-        raise ConfigError(f"{args.folder} holds no hidden-state cache index")
-    print(json.dumps(index, indent=2))
+    print(json.dumps(load_index(args.folder), indent=2))  # a DataError says what is wrong

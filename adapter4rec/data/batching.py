@@ -53,9 +53,14 @@ class ItemBatches(torch.utils.data.Dataset):
 
 def item_loader(content, ids: np.ndarray, batch_size: int, num_workers: int = 0,
                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """(first id, content) batches of ``ids`` in order; ``num_workers`` 0 reads in this process."""
+    """(first id, content) batches of ``ids`` in order; ``num_workers`` 0 reads in this process.
+
+    The loader has a generator of its own: starting its iterator would otherwise draw a seed from
+    the global torch RNG, so whether an item pass ran (a cache built, or not) would change the
+    dropout of the training that follows."""
     return torch.utils.data.DataLoader(ItemBatches(content, ids, batch_size), batch_size=None,
-                                       num_workers=num_workers, pin_memory=pin_memory)
+                                       num_workers=num_workers, pin_memory=pin_memory,
+                                       generator=torch.Generator().manual_seed(0))
 
 
 class TrainBatches(torch.utils.data.Dataset):

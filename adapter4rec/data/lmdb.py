@@ -86,6 +86,11 @@ def build_lmdb(images_dir: str | Path, items_file: str | Path, out: str | Path,
                         fmt = im.format or "unknown"
                         if verify:
                             im.verify()
+                except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                    # PIL refuses the size from the header alone (the warning counts when warnings
+                    # are errors); the training reader would refuse the image too.
+                    raise DataError(f"refused as a possible decompression bomb ({e}); resize the "
+                                    "image or remove the file", path) from None
                 except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
                     raise DataError(f"not a readable image ({e}); replace or remove the file", path) from None
                 formats[fmt] = formats.get(fmt, 0) + 1

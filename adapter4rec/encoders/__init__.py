@@ -25,7 +25,8 @@ def build_item_encoder(cfg, data, content=None):
             raise ConfigError(f"config key 'data.max_title_len' is {cfg.data.max_title_len}, but "
                               f"{m.pretrained} has {limit} positions: titles that long cannot be encoded")
         if content is None:
-            content = TextContent.from_titles(data.texts, m.pretrained, cfg.data.max_title_len)
+            content = TextContent.from_titles(data.texts, m.pretrained, cfg.data.max_title_len,
+                                              cfg.data.max_unk_fraction)
         return TextItemEncoder(backbone, m.embedding_dim, m.pooling), content
     if m.item_encoder == "image":
         from .image import build_image_encoder  # the image path (LMDB, ViT/MAE)

@@ -5,6 +5,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import ConfigError
@@ -37,7 +38,11 @@ def load_backbone(path: str, random_init: bool = False, expect_type: str | None 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     p = _check_folder(path)
-    config = AutoConfig.from_pretrained(p, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError) as e:  # not JSON, or not a model config
+        raise ConfigError(f"{p / 'config.json'}: not a readable model config "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if expect_type and config.model_type not in expect_type.split("|"):
         raise ConfigError(f"{p}/config.json is a '{config.model_type}' model, expected {expect_type}")
     kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "vit") else {}
@@ -53,6 +58,9 @@ def load_backbone(path: str, random_init: bool = False, expect_type: str | None 
         model, info = AutoModel.from_pretrained(
             p, config=config, dtype=torch.float32, local_files_only=True,
             attn_implementation="sdpa", output_loading_info=True, **kwargs)
+    except SafetensorError as e:  # a truncated or damaged weight file
+        raise ConfigError(f"pretrained model folder {p}: its weight file cannot be read ({e}); it is "
+                          "truncated or damaged: copy it again") from None
     except (RuntimeError, ValueError, OSError) as e:  # e.g. weight shapes that config.json contradicts
         why = ("some weight shapes differ from the sizes in config.json"
                if "mismatched" in str(e) else str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -70,10 +78,33 @@ def load_backbone(path: str, random_init: bool = False, expect_type: str | None 
     return model
 
 
+# The vocabulary files of transformers' tokenizers: a fast tokenizer's tokenizer.json, WordPiece
+# (BERT), byte-level BPE (GPT-2, RoBERTa), SentencePiece (T5, ALBERT, XLM-R, LLaMA, DeBERTa-v2).
+SENTENCEPIECE_FILES = ("spiece.model", "sentencepiece.bpe.model", "sentencepiece.model",
+                       "tokenizer.model", "spm.model")
+
+
+def _check_tokenizer_files(p: Path) -> None:
+    """Refuse a folder without a vocabulary: transformers 5 then builds a tokenizer of the special
+    tokens alone, every title becomes [UNK], and training "succeeds" with HR@10 0.000."""
+    if any((p / f).is_file() for f in ("tokenizer.json", "vocab.txt") + SENTENCEPIECE_FILES):
+        return
+    bpe = [f for f in ("vocab.json", "merges.txt") if (p / f).is_file()]
+    if len(bpe) == 2:
+        return
+    found = f" (only {bpe[0]} of the pair vocab.json + merges.txt)" if bpe else ""
+    raise ConfigError(
+        f"pretrained model folder {p} has no tokenizer files{found}: expected tokenizer.json, "
+        f"vocab.txt, vocab.json + merges.txt, or a SentencePiece model ({', '.join(SENTENCEPIECE_FILES)}); "
+        "copy them from the model's original folder (tokenizer.save_pretrained writes them)")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_check_folder(path), local_files_only=True)
+    p = _check_folder(path)
+    _check_tokenizer_files(p)
+    return AutoTokenizer.from_pretrained(p, local_files_only=True)
 
 
 def hidden_size(backbone: nn.Module) -> int:
@@ -104,6 +135,14 @@ class ContentEncoder(ItemEncoder):
             return hidden.mean(1)
         m = mask[..., None].to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def train(self, mode: bool = True) -> "ContentEncoder":
+        """A backbone with nothing trainable runs in eval mode even in training: it is a fixed
+        feature extractor, and computes exactly what the hidden-state cache holds (no dropout)."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.backbone.parameters()):
+            self.backbone.eval()
+        return self
 
     def encode(self, content: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.peft_side is None and "hidden" in content:

@@ -14,8 +14,18 @@ def collect(paths: list[str]) -> list[dict]:
     for p in paths:
         for m in sorted(Path(p).rglob("metrics.json")):
             run = m.parent
-            res = json.loads(m.read_text(encoding="utf-8"))
-            cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").exists() else {}
+            try:
+                res = json.loads(m.read_text(encoding="utf-8"))
+            except ValueError as e:  # a run still writing it, or a cut-off copy
+                raise Adapter4RecError(f"{m}: not valid JSON ({e}); re-run or remove that run") from None
+            if not isinstance(res, dict) or not isinstance(res.get("valid"), dict) \
+                    or not isinstance(res.get("test"), dict):
+                raise Adapter4RecError(f"{m}: not a metrics.json written by adapter4rec train")
+            try:
+                cfg = (yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+                       if (run / "config.yaml").exists() else {})
+            except yaml.YAMLError as e:
+                raise Adapter4RecError(f"{run / 'config.yaml'}: not valid YAML ({e})") from None
             rows.append({"run": str(run), "method": cfg.get("peft", {}).get("method", "?"),
                          "valid_NDCG@10": res["valid"].get("NDCG@10", float("nan")),
                          "test_HR@10": res["test"].get("HR@10", float("nan")),

@@ -3,8 +3,11 @@
 An adapter file is a safetensors file of the trainable parameters only (``trainable_state``: the
 inserted modules, the tuned LayerNorms / biases, the item head) with metadata carrying the PEFT
 config that rebuilds them (``adapter4rec_peft``: JSON) and a signature of the towers it was trained
-on. Loading needs the backbone (the model built from the backbone folder and the source checkpoint,
-exactly as for training) and the adapter file. A run folder written by ``train`` serves as well: its
+on, and a fingerprint of the frozen weights it was trained over (``adapter4rec_frozen``: per tower,
+a hash of every parameter the file does not hold). Loading needs the backbone (the model built from
+the backbone folder and the source checkpoint, exactly as for training) and the adapter file; an
+adapter whose frozen weights differ from the model's (another backbone checkpoint, a source run
+trained again) is refused, naming the towers, unless ``allow_source_change``. A run folder written by ``train`` serves as well: its
 ``checkpoints/best/model.safetensors`` holds the same trainable parameters and its ``config.yaml``
 the PEFT config.
 """
@@ -17,15 +20,49 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..runtime.io import load_into, load_weights, save_weights, trainable_state, weights_metadata
+from ..runtime.io import (load_into, load_weights, save_weights, tensors_digest, trainable_state,
+                          weights_metadata)
 from . import options as opt
 from .lora import is_merged
 from .registry import apply, get
 from .towers import towers as model_towers
 
 FORMAT = "adapter4rec-adapter"
+# 1: trainable parameters + PEFT config + tower signature (+ frozen fingerprint since 0.2.0)
+FORMAT_VERSION = 1
+META_VERSION = "adapter4rec_format_version"
 META_PEFT = "adapter4rec_peft"
 META_TOWERS = "adapter4rec_towers"
+META_FROZEN = "adapter4rec_frozen"
+
+
+def frozen_fingerprint(model: nn.Module, held=None) -> dict[str, str]:
+    """{tower: hash of its parameters that ``held`` (names; default: the trainable ones) does not
+    contain}: the frozen weights an adapter was trained over. A model whose backbone was released
+    for the hidden-state cache answers with the fingerprint taken before the release."""
+    cached = getattr(model, "frozen_fingerprint_", None)
+    if cached is not None and (held is None or getattr(getattr(model, "item_encoder", None),
+                                                       "backbone_released", False)):
+        return dict(cached)
+    params = dict(model.named_parameters())
+    held = set(held) if held is not None else {n for n, p in params.items() if p.requires_grad}
+    return {name: tensors_digest({n: p for n, p in params.items()
+                                  if n.startswith(t.prefix) and n not in held})
+            for name, t in model_towers(model).items()}
+
+
+def check_frozen(want: dict | None, have: dict, source: str, allow: bool = False) -> None:
+    """Refuse (naming the towers) when ``want``, an adapter's or a run's frozen fingerprint,
+    differs from ``have``, the model's."""
+    if want is None or allow:
+        return
+    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if diff:
+        raise CheckpointError(f"{source} was trained over other frozen weights than this model's "
+                              f"(they differ in the {', '.join(diff)} tower{'s' if len(diff) > 1 else ''}: "
+                              "another backbone checkpoint, or a source run trained again); rebuild "
+                              "the model from the run's own source, or pass allow_source_change "
+                              "(--allow-source-change) to accept it")
 
 
 def tower_signature(model: nn.Module) -> dict:
@@ -57,16 +94,20 @@ def save_adapter(model: nn.Module, path: str | Path) -> dict:
         raise CheckpointError("save_adapter: LoRA is merged into the base weights; unmerge first")
     state = trainable_state(model)
     path = Path(path)
-    save_weights(state, path, metadata={"format": FORMAT, META_PEFT: json.dumps(cfg),
-                                        META_TOWERS: json.dumps(tower_signature(model))})
+    save_weights(state, path, metadata={"format": FORMAT, META_VERSION: str(FORMAT_VERSION),
+                                        META_PEFT: json.dumps(cfg),
+                                        META_TOWERS: json.dumps(tower_signature(model)),
+                                        META_FROZEN: json.dumps(frozen_fingerprint(model))})
     return {"path": str(path), "adapter_bytes": path.stat().st_size,
             "adapter_params": sum(v.numel() for v in state.values()),
             "model_bytes": model_bytes(model), "model_params": sum(p.numel() for p in model.parameters())}
 
 
-def read_adapter(path: str | Path, config: dict | None = None) -> tuple[dict, dict, dict | None]:
+def read_adapter(path: str | Path, config: dict | None = None,
+                 with_frozen: bool = False) -> tuple:
     """(weights, peft config, tower signature or None) of an adapter file, a checkpoint folder or a
-    run folder. ``config`` ({"method": .., **options}) overrides / supplies the PEFT config."""
+    run folder (and, ``with_frozen``, the frozen fingerprint or None). ``config`` ({"method": ..,
+    **options}) overrides / supplies the PEFT config."""
     p = Path(path)
     run_cfg = None
     if p.is_dir() and (p / "config.yaml").is_file():  # a run folder
@@ -80,11 +121,19 @@ def read_adapter(path: str | Path, config: dict | None = None) -> tuple[dict, di
     if not p.is_file():
         raise CheckpointError(f"no adapter file at {p}")
     meta = weights_metadata(p)
+    version = int(meta.get(META_VERSION, 1))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{p} is an adapter file of format version {version}; this version of "
+                              f"adapter4rec reads up to {FORMAT_VERSION}: upgrade adapter4rec (see "
+                              "CHANGELOG.md)")
     cfg = config or (json.loads(meta[META_PEFT]) if META_PEFT in meta else run_cfg)
     if cfg is None:
         raise CheckpointError(f"{p} carries no PEFT config (not written by save_adapter): pass "
                               "config={'method': ..., **options} or the run folder instead")
     signature = json.loads(meta[META_TOWERS]) if META_TOWERS in meta else None
+    if with_frozen:
+        frozen = json.loads(meta[META_FROZEN]) if META_FROZEN in meta else None
+        return load_weights(p), dict(cfg), signature, frozen
     return load_weights(p), dict(cfg), signature
 
 
@@ -124,14 +173,17 @@ def _check_covers(model: nn.Module, state: dict, source: str) -> None:
                               f"{', '.join(missing[:10])}")
 
 
-def load_adapter(model: nn.Module, path: str | Path, config: dict | None = None) -> dict:
+def load_adapter(model: nn.Module, path: str | Path, config: dict | None = None,
+                 allow_source_change: bool = False) -> dict:
     """Load an adapter into ``model``, built from the backbone (and source checkpoint) as for
     training. Applies its PEFT config if the model has none yet; otherwise the configs must match
     and the adapter's weights replace the current ones in place (switching domains without
-    reloading the backbone). Returns the PEFT config."""
-    state, cfg, signature = read_adapter(path, config)
+    reloading the backbone). Refuses an adapter trained over other frozen weights unless
+    ``allow_source_change``. Returns the PEFT config."""
+    state, cfg, signature, frozen = read_adapter(path, config, with_frozen=True)
     prepare_for(model, cfg, signature, str(path))
     _check_covers(model, state, str(path))
+    check_frozen(frozen, frozen_fingerprint(model, held=state), f"adapter {path}", allow_source_change)
     load_into(model, state, str(path))
     return cfg
 
@@ -146,21 +198,34 @@ class AdapterBank:
 
     Every domain must use the same PEFT config (the inserted modules are shared; only their
     weights, and the item head's, change). Weights are kept in memory (on the model's device).
+    Files may hold different sets of parameters (a domain trained without a source checkpoint
+    holds its whole user encoder): ``activate`` first puts back the backbone's own values of every
+    parameter another domain changed, so each domain computes exactly what it computed alone.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, allow_source_change: bool = False):
         self.model = model
         self.states: dict[str, dict[str, torch.Tensor]] = {}
+        self.base: dict[str, torch.Tensor] = {}  # the model's own values of what domains change
         self.active: str | None = None
+        self.allow_source_change = allow_source_change
 
     @property
     def names(self) -> list[str]:
         return list(self.states)
 
     def add(self, name: str, path: str | Path, config: dict | None = None) -> None:
-        state, cfg, signature = read_adapter(path, config)
+        state, cfg, signature, frozen = read_adapter(path, config, with_frozen=True)
         prepare_for(self.model, cfg, signature, str(path))
         _check_covers(self.model, state, str(path))
+        own = dict(self.model.named_parameters())
+        # values a domain changes are saved before any domain that holds them is active
+        self.base.update({k: own[k].detach().clone() for k in state if k not in self.base})
+        held = set(state)
+        want = {k: tensors_digest({n: (self.base[n] if n in self.base else p) for n, p in own.items()
+                                   if n.startswith(t.prefix) and n not in held})
+                for k, t in model_towers(self.model).items()}
+        check_frozen(frozen, want, f"adapter {path}", self.allow_source_change)
         device = next(self.model.parameters()).device
         self.states[name] = {k: v.to(device) for k, v in state.items()}
         if self.active is None:
@@ -171,8 +236,11 @@ class AdapterBank:
             raise ConfigError(f"no adapter named {name!r} (have: {', '.join(self.states) or 'none'})")
         if is_merged(self.model):
             raise CheckpointError("LoRA is merged into the base weights: unmerge before switching")
-        load_into(self.model, self.states[name], f"adapter {name!r}")
+        state = self.states[name]
+        load_into(self.model, {k: v for k, v in self.base.items() if k not in state}, "the backbone")
+        load_into(self.model, state, f"adapter {name!r}")
         self.active = name
 
 
-__all__ = ["save_adapter", "load_adapter", "read_adapter", "AdapterBank", "tower_signature", "model_bytes"]
+__all__ = ["save_adapter", "load_adapter", "read_adapter", "AdapterBank", "tower_signature", "model_bytes",
+           "frozen_fingerprint", "check_frozen"]

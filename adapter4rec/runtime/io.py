@@ -7,6 +7,8 @@ and ``config.yaml`` all write through here.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, StorageError
 
 WEIGHTS = "model.safetensors"
 
@@ -38,21 +40,28 @@ def fsync_dir(path: str | Path) -> None:
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` to fill a temporary file, then put it in place of ``path``."""
+    """Call ``write(tmp_path)`` to fill a temporary file, then put it in place of ``path``.
+
+    A failure of the file system (disk full, read-only folder, ...) is a ``StorageError`` naming
+    ``path``; the file it was to replace is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o666 & ~UMASK)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.fchmod(fd, 0o666 & ~UMASK)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise StorageError(f"{path}: cannot write it ({e.strerror or e}); the previous file, if "
+                           "any, is unchanged") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-    fsync_dir(path.parent)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -71,7 +80,60 @@ def is_temporary(name: str, targets) -> bool:
     return any(name.startswith(f".{t}.") for t in targets)
 
 
+class FolderLock:
+    """An exclusive lock on a folder (``fcntl.flock`` on ``<folder>/.lock``, which holds the pid),
+    so two processes never write one run folder at once. POSIX only; released on ``release`` (which
+    removes the file) or when the process ends, however it ends (the file then stays, unlocked)."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / ".lock"
+        self.fd = None
+
+    def acquire(self) -> "FolderLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+        except OSError as e:
+            raise StorageError(f"{self.path}: cannot create the lock file ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StorageError(f"{self.path.parent} is in use by another run (pid {holder}); wait "
+                               "for it to end, or choose another folder") from None
+        try:  # the holder may have removed the file between our open and our lock: lock anew
+            same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return self.acquire()
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # a finished run leaves no lock file behind
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
 # ------------------------------------------------------------------------------------------ weights
+
+def tensors_digest(named: dict[str, torch.Tensor]) -> str:
+    """A short stable hash (blake2b, 16 bytes) of named tensors: names, dtypes, shapes, values."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(named):
+        t = named[name].detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hash its 16-bit words
+            t = t.view(torch.int16)
+        h.update(f"{name}\0{t.dtype}{tuple(t.shape)}\0".encode())
+        h.update(t.numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that training changes (all of them for full fine-tuning)."""

@@ -18,6 +18,9 @@ from ..runtime.io import (UMASK, WEIGHTS, atomic_write, fsync_dir, is_temporary,
                           old_copy, save_weights, trainable_state, weights_metadata)
 
 STATE = "trainer_state.pt"
+# of trainer_state.pt (its "format_version"; CHANGELOG.md lists every change). 2: optimiser groups
+# split by weight decay (training.optim), fingerprints of the run's inputs; 1 (none written): 0.1.0
+FORMAT_VERSION = 2
 
 
 def save_checkpoint(folder: str | Path, model, trainer_state: dict) -> None:
@@ -91,6 +94,16 @@ def load_checkpoint(folder: str | Path) -> tuple[dict, dict]:
         state = torch.load(found / STATE, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{found / STATE} cannot be read ({type(e).__name__}: {e})") from None
+    version = int(state.get("format_version", 1)) if isinstance(state, dict) else 0
+    if version > FORMAT_VERSION or not isinstance(state, dict):
+        raise CheckpointError(f"{found / STATE}: a checkpoint of format version {version}; this "
+                              f"version of adapter4rec reads up to {FORMAT_VERSION}: upgrade "
+                              "adapter4rec (see CHANGELOG.md), or start a new run")
+    if version < FORMAT_VERSION:
+        raise CheckpointError(f"{found / STATE}: a checkpoint of format version {version} (adapter4rec "
+                              "0.1): its optimizer state has another layout (weight decay now skips "
+                              "biases, norm gains and embeddings), so it cannot be resumed; start a "
+                              "new run (its weights still serve train.init_from and evaluate)")
     step = weights_metadata(found / WEIGHTS).get("global_step")
     if step is None or step != str(state.get("global_step")):
         raise CheckpointError(

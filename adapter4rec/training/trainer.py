@@ -16,6 +16,7 @@ of the global batch (see ``data.batching.TrainBatches`` and ``model.Recommender.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -31,14 +32,17 @@ from tqdm.auto import tqdm
 from ..config import Config, save_config
 from ..data.batching import TrainBatches
 from ..data.split import RecData
-from ..errors import Adapter4RecError, CheckpointError
+from ..errors import Adapter4RecError, CheckpointError, ConfigError, StorageError
 from ..evaluation.evaluator import unreachable_targets
-from ..pipeline import build_run
+from ..pipeline import (RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, build_run, check_fingerprints,
+                        read_run_file)
 from ..runtime import distributed as dist
-from ..runtime.io import load_into, write_text_atomic
+from ..runtime.io import FolderLock, load_into, write_text_atomic
 from ..runtime.logging import setup_logging
+from ..runtime.provenance import environment
 from ..runtime.seed import rng_state, seed_everything, set_rng_state
-from .checkpoint import find_checkpoint, load_checkpoint, remove_partial_writes, save_checkpoint
+from .checkpoint import (FORMAT_VERSION, find_checkpoint, load_checkpoint, remove_partial_writes,
+                         save_checkpoint)
 from .optim import make_optimizer, make_scheduler
 
 log = logging.getLogger("adapter4rec")
@@ -73,6 +77,7 @@ class Trainer:
         self.cfg, self.output = cfg, Path(output)
         self._given = (data, content)
         self.state = TrainState()
+        self.lock = None
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -82,17 +87,23 @@ class Trainer:
         cfg, output, t = self.cfg, self.output, self.cfg.train
         device = dist.setup()
         if dist.is_main():
-            output.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                _fresh_start(output)
-            remove_partial_writes(output)
-            remove_partial_writes(output / "checkpoints")
+            if output.exists() and not output.is_dir():
+                raise ConfigError(f"the run folder {output} is a file, not a folder")
+            try:
+                output.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StorageError(f"{output}: cannot create the run folder ({e.strerror})") from None
+            self.lock = FolderLock(output).acquire()  # one writer per run folder
+            if is_run_folder(output):  # delete nothing in a folder that holds no run
+                if not resume:
+                    _fresh_start(output)
+                remove_partial_writes(output)
+                remove_partial_writes(output / "checkpoints")
         dist.barrier()
         setup_logging(output)
         seed_everything(t.seed)
-        if dist.is_main():
-            save_config(cfg, output / "config.yaml")
         self.run = build_run(cfg, *self._given, device=device)
+        self.fingerprints = self.run.fingerprints()
         self.model, data = self.run.model, self.run.data
         for split in ("valid", "test"):
             n = unreachable_targets(data, split)
@@ -111,6 +122,8 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, t, t.epochs * self.steps)
         if resume:
             self.load_checkpoint()
+        if dist.is_main():  # only now that every check has passed: config.yaml and run.json
+            self._write_run_files(resume)
         self.ddp = self.model
         if dist.world() > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -124,6 +137,24 @@ class Trainer:
         log.info("%s: %d trainable of %d parameters", cfg.peft.method, s["trainable"], s["total"])
         return self
 
+    def _write_run_files(self, resume: bool) -> None:
+        """config.yaml (resolved: every PEFT option, defaults included) and run.json (what produced
+        the run and what it is computed from), each written atomically."""
+        cfg = copy.deepcopy(self.cfg)
+        cfg.peft.options = dict(self.run.summary["options"])
+        save_config(cfg, self.output / "config.yaml")
+        info = (read_run_file(self.output) or {}) if resume else {}
+        starts = info.get("starts", []) + [environment(self.run.device)]
+        info.update(format=RUN_FORMAT, format_version=RUN_FORMAT_VERSION, starts=starts,
+                    world=dist.world(), fingerprints=self.fingerprints)
+        write_text_atomic(self.output / RUN_FILE, json.dumps(info, indent=1, default=str))
+
+    def cleanup(self) -> None:
+        """Release the run folder (also after an error)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def load_checkpoint(self) -> None:
         found = find_checkpoint(self.output / "checkpoints" / "latest")
         if found is None:
@@ -131,6 +162,9 @@ class Trainer:
                         self.output / "checkpoints")
             return
         weights, saved = load_checkpoint(found)
+        # a resume continues the same computation: same data, seed, model, frozen weights, source
+        check_fingerprints(saved.get("fingerprints"), self.fingerprints, f"checkpoint {found}",
+                           ("data", "seed", "model", "peft", "frozen", "source"))
         _check_position(saved, self.steps, found)
         load_into(self.model, weights, str(found))
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -152,6 +186,7 @@ class Trainer:
             save_checkpoint(self.output / "checkpoints" / name, self.model, {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "format_version": FORMAT_VERSION, "fingerprints": self.fingerprints,
                 "rng": rngs, "trainer": dataclasses.asdict(s), "global_step": s.global_step,
                 "sampler": {"seed": t.seed, "epoch": s.epoch, "step": s.step,
                             "steps_per_epoch": self.steps, "batch_size": t.batch_size,
@@ -305,10 +340,19 @@ def train(cfg: Config, output: str | Path, resume: bool = False, data: RecData |
     exactly where its last checkpoint left it: on CPU the result is bit-identical to an
     uninterrupted run). Without ``resume`` the folder's previous checkpoints and metrics go.
     """
-    return Trainer(cfg, output, data, content).setup(resume).train()
+    trainer = Trainer(cfg, output, data, content)
+    try:
+        return trainer.setup(resume).train()
+    finally:
+        trainer.cleanup()
 
 
 # --------------------------------------------------------------------------------------- helpers
+
+def is_run_folder(folder: Path) -> bool:
+    """Does ``folder`` hold a run (a config.yaml or a run.json written by ``train``)?"""
+    return (folder / "config.yaml").is_file() or (folder / RUN_FILE).is_file()
+
 
 def _fresh_start(output: Path) -> None:
     """A new run in ``output``: what an earlier run left there must not mix in (nor be resumed)."""
