@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -45,6 +47,7 @@ class ModelConfig:
     image_pretrained: str = ""        # text+image items: the image backbone folder (ViT / ViT-MAE)
     pooling: str = "cls"              # cls | mean
     user_encoder: str = "sasrec"      # sasrec | cpc (same network, CPC trains on the last position)
+    block: str = "sasrec"             # sasrec (the reference's) | sasrec_bias (0.1's: biased q/k/v/out, FFN dropout)
     embedding_dim: int = 64           # d: item vectors, user vectors, SASRec width
     num_blocks: int = 2               # SASRec transformer blocks
     num_heads: int = 2                # SASRec attention heads
@@ -80,13 +83,16 @@ class TrainConfig:
     max_steps_per_epoch: int = 0      # 0: the whole epoch (a cap for quick runs and benchmarks)
     nonfinite: str = "error"          # loss/grad not finite: error | skip
     checkpoint_every: int = 0         # also write checkpoints/latest every N steps (0: per epoch)
+    keep_latest: bool = True          # keep checkpoints/latest after the run (false: only best; no resume)
+    best_optimizer: bool = False      # keep the optimizer state in checkpoints/best too (it is never resumed)
     # Learning-rate schedule, stepped once per training batch (skipped batches included), its state
     # saved in every checkpoint. none: constant; linear_warmup: linear rise from 0 over
     # warmup_steps, then linear decay to 0 at the last step of the last epoch (as transformers'
     # get_linear_schedule_with_warmup); cosine: the same warmup, then cosine decay to 0.
     scheduler: str = "none"           # none | linear_warmup | cosine
     warmup_steps: int = 0             # batches of linear warmup (linear_warmup, cosine)
-    progress: bool = True             # tqdm progress bars
+    progress: bool = True             # progress bars (training, evaluation), on a terminal or notebook only
+    tensorboard: bool = False         # log to <run>/tensorboard: step loss, learning rates, metrics
     compile: bool = False             # torch.compile the item encoder (dynamic shapes) on first use
 
 
@@ -221,14 +227,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for o in overrides:
             _set(data, o)
         _merge(cfg, data, "")
+    _expand_environment(cfg)
     validate(cfg)
     return cfg
+
+
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def _expand_environment(cfg: Config) -> None:
+    """``${NAME}`` and ``${NAME:-default}`` in string values take the environment's value, so a
+    config names no machine's own paths (e.g. ``data.path: ${ADAPTER4REC_DATASETS:-Dataset}/x``)."""
+    for section in fields(cfg):
+        obj = getattr(cfg, section.name)
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if not isinstance(value, str) or "${" not in value:
+                continue
+
+            def one(m, key=f"{section.name}.{f.name}"):
+                if m.group(1) in os.environ:
+                    return os.environ[m.group(1)]
+                if m.group(2) is not None:
+                    return m.group(2)
+                raise ConfigError(f"config key '{key}' uses ${{{m.group(1)}}}, which is not set: "
+                                  f"export {m.group(1)}=... or give the key with --set {key}=...")
+            setattr(obj, f.name, _VAR.sub(one, value))
 
 
 CHOICES = {
     "data.unknown_items": ("error", "drop"), "data.missing_image": ("error", "blank"),
     "model.item_encoder": ("text", "image", "id", "text+image"), "model.pooling": ("cls", "mean"),
-    "model.user_encoder": ("sasrec", "cpc"),
+    "model.user_encoder": ("sasrec", "cpc"), "model.block": ("sasrec", "sasrec_bias"),
     "train.objective": ("bce", "inbatch", "sampled_softmax"), "train.optimizer": ("adam", "adamw"),
     "train.amp": ("auto", "bf16", "fp32"), "train.nonfinite": ("error", "skip"),
     "train.scheduler": ("none", "linear_warmup", "cosine"),

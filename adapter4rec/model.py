@@ -19,10 +19,13 @@ from .runtime import distributed as dist
 
 class Recommender(nn.Module):
     def __init__(self, item_encoder: nn.Module, user_encoder: nn.Module, objective: str = "bce",
-                 with_inbatch: bool = False):
+                 with_inbatch: bool = False, content=None, item_ids: list[str] | None = None):
         super().__init__()
         self.item_encoder, self.user_encoder = item_encoder, user_encoder
         self.objective, self.with_inbatch = objective, with_inbatch
+        # what the model encodes its items from (tokens, pixels, ids or cached states; set by
+        # build_model and replaced by the hidden-state cache), and the items' own ids (1..N)
+        self.content, self.item_ids = content, item_ids
 
     def encode_items(self, content: dict[str, torch.Tensor]) -> torch.Tensor:
         """Item vectors [n, d] for ``content`` (a content store's ``get``)."""
@@ -41,13 +44,16 @@ class Recommender(nn.Module):
         return self.user_encoder(item_vecs, mask)[:, -1]
 
 
-def build_model(cfg: Config, data, content=None):
-    """The model and the item content store for ``data`` (a RecData) under ``cfg``."""
+def build_model(cfg: Config, data, content=None) -> Recommender:
+    """The model for ``data`` (a RecData) under ``cfg``; it holds its items' content store
+    (``model.content``) and ids (``model.item_ids``)."""
     if cfg.model.item_encoder == "text+image":  # two backbones: only iisan combines them
         from .encoders.multimodal import build_multimodal_encoder
         item_encoder, content = build_multimodal_encoder(cfg, data, content)
     else:
         item_encoder, content = build_item_encoder(cfg, data, content)
     m = cfg.model
-    user = SASRec(m.embedding_dim, cfg.data.max_seq_len, m.num_blocks, m.num_heads, m.dropout)
-    return Recommender(item_encoder, user, cfg.train.objective, cfg.train.with_inbatch), content
+    user = SASRec(m.embedding_dim, cfg.data.max_seq_len, m.num_blocks, m.num_heads, m.dropout,
+                  m.block)
+    return Recommender(item_encoder, user, cfg.train.objective, cfg.train.with_inbatch, content,
+                       list(data.item_ids))

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from . import peft
-from .cache import attach as attach_cache
+from .cache import CachedContent, attach as attach_cache
 from .cache.fingerprint import differences, digest
 from .config import Config, load_config
 from .data.split import RecData, build_data
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .evaluation.evaluator import evaluate
 from .model import Recommender, build_model
 from .runtime import distributed as dist
@@ -35,6 +35,9 @@ log = logging.getLogger("adapter4rec")
 
 # Item-specific parameters: they belong to the source domain's items and never transfer.
 ITEM_TABLES = ("item_encoder.table.",)
+
+# Only the SASRec block with biases (model.block: sasrec_bias, 0.1's default) has this key.
+BIASED_BLOCK_KEY = "user_encoder.blocks.0.attn.query.bias"
 
 RUN_FILE = "run.json"  # what produced a run folder (runtime.provenance) and what it was computed from
 RUN_FORMAT = "adapter4rec-run"
@@ -53,33 +56,79 @@ def resolve_checkpoint(path: str) -> Path:
                           "checkpoint folder or a .safetensors file)")
 
 
+def check_block(cfg: Config, state: dict, source: str) -> None:
+    """Refuse weights made with the other SASRec block (``model.block``) before loading any: the
+    two blocks share every other name, so loading would silently drop or zero the biases."""
+    key, weight = BIASED_BLOCK_KEY, BIASED_BLOCK_KEY[:-len("bias")] + "weight"
+    if cfg.model.block == "sasrec" and key in state:
+        raise CheckpointError(f"{source} was made with the SASRec block with biases (adapter4rec "
+                              "0.1's default) and this run has model.block: sasrec: set "
+                              "model.block: sasrec_bias (or pretrain again)")
+    if cfg.model.block == "sasrec_bias" and weight in state and key not in state:
+        raise CheckpointError(f"{source} was made with the reference SASRec block (no attention "
+                              "biases) and this run has model.block: sasrec_bias: set "
+                              "model.block: sasrec")
+
+
 def load_data(cfg: Config) -> RecData:
     d = cfg.data
     return build_data(d.path, d.users_file, d.items_file, d.min_seq_len, d.max_seq_len,
                       d.with_abstract, d.unknown_items)
 
 
-def prepare(cfg: Config, data: RecData | None = None, content=None):
-    """Data, model (+ source checkpoint when adapting, + PEFT) and content store for ``cfg``."""
+def prepare(cfg: Config, data: RecData | None = None, content=None, model: Recommender | None = None):
+    """Data, model (+ source checkpoint when adapting, + PEFT) and content store for ``cfg``.
+
+    A ``model`` passed in (built by ``build_model``, PEFT already applied or not) is used as it is:
+    no source checkpoint is loaded into it, and a method is applied only when it has none."""
     data = data or load_data(cfg)
-    model, content = build_model(cfg, data, content)
+    if model is not None:
+        return _prepared(cfg, data, model)
+    model = build_model(cfg, data, content)
     if cfg.train.init_from:
         src = resolve_checkpoint(cfg.train.init_from)
-        kept = load_into(model, load_weights(src), str(src), skip_prefixes=ITEM_TABLES)
+        state = load_weights(src)
+        check_block(cfg, state, f"train.init_from {src}")
+        kept = load_into(model, state, str(src), skip_prefixes=ITEM_TABLES)
         log.info("initialised from %s (%d model keys kept as built)", src, len(kept))
     summary = peft.apply(model, cfg.peft.method, **cfg.peft.options)
-    if not cfg.train.init_from and not all(p.requires_grad for p in model.user_encoder.parameters()):
-        # Without a source checkpoint the user encoder is freshly initialised, not pretrained:
-        # freezing it would leave a random network in place, so it trains whatever the method.
-        for p in model.user_encoder.parameters():
-            p.requires_grad_(True)
+    if _train_unpretrained_user_encoder(cfg, model):
         summary = peft.summary(model)
-        log.info("no train.init_from: the user encoder is not pretrained and trains fully")
     # taken before the cache may release the backbone's weights
     model.frozen_fingerprint_ = frozen_fingerprint(model)
     # iisan (and frozen with cache.frozen) read cached hidden states instead of running the backbone
-    content = attach_cache(cfg, model, data, content)
-    return data, model, content, summary
+    model.content = attach_cache(cfg, model, data, model.content)
+    return data, model, model.content, summary
+
+
+def _train_unpretrained_user_encoder(cfg: Config, model: Recommender) -> bool:
+    """Without a source checkpoint the user encoder is freshly initialised, not pretrained:
+    freezing it would leave a random network in place (that no config could rebuild), so it
+    trains whatever the method. Returns whether it changed anything."""
+    if cfg.train.init_from or all(p.requires_grad for p in model.user_encoder.parameters()):
+        return False
+    for p in model.user_encoder.parameters():
+        p.requires_grad_(True)
+    log.info("no train.init_from: the user encoder is not pretrained and trains fully")
+    return True
+
+
+def _prepared(cfg: Config, data: RecData, model: Recommender):
+    """``prepare`` for a model built by the caller: its method is applied (as ``cfg`` says) only
+    if it has none, and ``cfg.peft`` then records the model's own method and options."""
+    if model.content is None:
+        raise ConfigError("the model holds no content store: build it with adapter4rec.build_model")
+    if not getattr(model, "peft_config", None):
+        peft.apply(model, cfg.peft.method, **cfg.peft.options)
+    _train_unpretrained_user_encoder(cfg, model)
+    own = dict(model.peft_config)
+    cfg.peft.method = own.pop("method")
+    cfg.peft.options = {k: v for k, v in own.items() if k != "merged"}
+    if getattr(model, "frozen_fingerprint_", None) is None:
+        model.frozen_fingerprint_ = frozen_fingerprint(model)
+    if not isinstance(model.content, CachedContent):
+        model.content = attach_cache(cfg, model, data, model.content)
+    return data, model, model.content, peft.summary(model)
 
 
 @dataclass
@@ -118,10 +167,11 @@ class Run:
                         nonfinite=c.train.nonfinite)
 
 
-def build_run(cfg: Config, data: RecData | None = None, content=None, device=None) -> Run:
+def build_run(cfg: Config, data: RecData | None = None, content=None, device=None,
+              model: Recommender | None = None) -> Run:
     """``prepare`` on this process's device (joining the process group under torchrun)."""
     device = device or dist.setup()
-    data, model, content, summary = prepare(cfg, data, content)
+    data, model, content, summary = prepare(cfg, data, content, model)
     model.to(device)
     return Run(cfg, data, model, content, summary, device, amp_dtype(cfg.train.amp, device))
 
@@ -186,5 +236,7 @@ def evaluate_run(run: str | Path, split: str = "test", overrides: list[str] | No
     check_fingerprints(saved, r.fingerprints(), f"run {run}",
                        ("frozen", "source") if other_data else ("data", "frozen", "source"),
                        allow_source_change)
-    load_into(r.model, load_weights(run / "checkpoints" / "best"), str(run))
+    state = load_weights(run / "checkpoints" / "best")
+    check_block(cfg, state, f"run {run}")
+    load_into(r.model, state, str(run))
     return r.evaluate(("valid", "test") if split == "both" else (split,))

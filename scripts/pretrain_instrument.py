@@ -6,14 +6,18 @@
 Config: configs/pretrain/instrument_minilm.yaml; run folder: runs/pretrain_instrument.
 """
 import argparse
+import sys
 
-from adapter4rec.config import load_config
-from adapter4rec.training.trainer import train
+from adapter4rec.cli import main
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", action="append", default=[], metavar="a.b=value")
-    p.add_argument("--resume", action="store_true", help="continue runs/pretrain_instrument")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
     a = p.parse_args()
-    train(load_config("configs/pretrain/instrument_minilm.yaml", a.set), "runs/pretrain_instrument",
-          resume=a.resume)
+    sets = [x for s in a.set for x in ("--set", s)]
+    # through the command line: one-line errors, and a previous run is refused unless --overwrite
+    args = (["train", "--resume", "runs/pretrain_instrument"] if a.resume else
+            ["train", "--config", "configs/pretrain/instrument_minilm.yaml", "--output", "runs/pretrain_instrument"] + (["--overwrite"] if a.overwrite else []))
+    sys.exit(main(args + sets))

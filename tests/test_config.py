@@ -154,3 +154,16 @@ def test_reference_table_lists_every_key():
     for section in fields(Config):
         for f in fields(getattr(cfg, section.name)):
             assert f"| `{section.name}.{f.name}` |" in table, f"{section.name}.{f.name}"
+
+
+def test_environment_variables_in_values(tmp_path, monkeypatch):
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  path: ${MY_DATA:-Dataset}/sci\nmodel:\n  item_encoder: id\n")
+    monkeypatch.delenv("MY_DATA", raising=False)
+    assert load_config(f).data.path == "Dataset/sci"
+    monkeypatch.setenv("MY_DATA", "/data")
+    assert load_config(f).data.path == "/data/sci"
+    f.write_text("data:\n  path: ${NOT_SET_ANYWHERE}/sci\nmodel:\n  item_encoder: id\n")
+    with pytest.raises(ConfigError, match=r"'data.path' uses \$\{NOT_SET_ANYWHERE\}, which is not set"):
+        load_config(f)
+    assert load_config(f, ["data.path=/x"]).data.path == "/x"

@@ -45,7 +45,7 @@ OPTIONS = {  # the options each method is tested with (every registered method n
     "full": {}, "frozen": {}, "houlsby": SMALL, "pfeiffer": SMALL, "parallel": SMALL,
     "kadapter": SMALL, "compacter": SMALL, "lora": {"item_rank": 4, "user_rank": 2},
     "prompt": {"n_tokens": 3}, "layernorm": {}, "bitfit": {},
-    "iisan": {"bottleneck": MI, "layer_stride": 1},  # 2 side blocks: embeddings -> layer 1 -> layer 2
+    "iisan": {"bottleneck": MI, "layer_stride": 1},  # 3 side blocks: embeddings, layer 1, layer 2
 }
 # starting as the identity: the model's outputs are unchanged by inserting these
 IDENTITY = {
@@ -271,8 +271,8 @@ def lin(i, o):
     return i * o + o
 
 
-def block(m):  # one SASRec block of width m: attention q/k/v/out, FFN m -> 4m -> m, two LayerNorms
-    return 4 * lin(m, m) + lin(m, 4 * m) + lin(4 * m, m) + 4 * m
+def block(m):  # one SASRec block of width m (the reference's): bias-free attention q/k/v/out,
+    return 4 * m * m + lin(m, 4 * m) + lin(4 * m, m) + 4 * m  # FFN m -> 4m -> m, two LayerNorms
 
 
 BERT_TOTAL = (V + P + T) * H + 2 * H + L * (4 * lin(H, H) + lin(H, I) + lin(I, H) + 4 * H)
@@ -288,32 +288,37 @@ def kadapter(hidden, m, reads=2, side=2):
     return reads * (lin(hidden, m) + lin(m, hidden) + side * block(m)) + lin(2 * hidden, hidden)
 
 
+LN_ITEM, LN_USER = (1 + 2 * L) * 2 * H, (1 + 2 * B) * 2 * D  # every LayerNorm of a tower
 EXPECTED = {  # method -> (trainable in the item tower, in the user tower)
     "full": (BERT_TOTAL, SASREC_TOTAL),
     "frozen": (0, 0),
-    "houlsby": (L * 2 * (lin(H, MI) + lin(MI, H)), B * 2 * (lin(D, MU) + lin(MU, D))),
-    "pfeiffer": (L * (lin(H, MI) + lin(MI, H)), B * (lin(D, MU) + lin(MU, D))),
-    "parallel": (L * 2 * (lin(H, MI) + lin(MI, H)), B * 2 * (lin(D, MU) + lin(MU, D))),
-    "compacter": (L * 2 * phm(H, MI) + 4 ** 3, B * 2 * phm(D, MU) + 4 ** 3),
+    # the bottleneck adapters and Compacter also tune the LayerNorms by default (tune_layernorm)
+    "houlsby": (L * 2 * (lin(H, MI) + lin(MI, H)) + LN_ITEM, B * 2 * (lin(D, MU) + lin(MU, D)) + LN_USER),
+    "pfeiffer": (L * (lin(H, MI) + lin(MI, H)) + LN_ITEM, B * (lin(D, MU) + lin(MU, D)) + LN_USER),
+    "parallel": (L * 2 * (lin(H, MI) + lin(MI, H)) + LN_ITEM, B * 2 * (lin(D, MU) + lin(MU, D)) + LN_USER),
+    "compacter": (L * 2 * phm(H, MI) + 4 ** 3 + LN_ITEM, B * 2 * phm(D, MU) + 4 ** 3 + LN_USER),
     "kadapter": (kadapter(H, MI), kadapter(D, MU)),
     "lora": (L * 2 * (4 * H + H * 4), B * 2 * (2 * D + D * 2)),   # query + value: A [r, in], B [out, r]
     "prompt": (3 * H, 0),
     "layernorm": ((1 + 2 * L) * 2 * H, (1 + 2 * B) * 2 * D),       # embeddings/ln_in + 2 per layer
-    "bitfit": (H + L * (3 * H + H + H + I + H + H), D + B * (4 * D + 4 * D + D + 2 * D)),
+    "bitfit": (H + L * (3 * H + H + H + I + H + H), D + B * (4 * D + D + 2 * D)),  # SASRec: FFN, LNs
 }
 
 
 # methods the per-tower hand counts (EXPECTED; the item head alone in `other`) do not describe
 COUNTS_DO_NOT_APPLY = {
-    "iisan": "freezes the item head (its side network's fusion layer takes the head's place) and the "
-             "side network lives outside the towers (`other`); counted by hand in "
-             "test_iisan_trainable_set",
+    "iisan": "its side network lives outside the towers (`other`), beside the item head's Linear "
+             "that its fusion trains; counted by hand in test_iisan_trainable_set",
 }
 # methods for which more trains in the towers than the modules they insert
 NOT_ONLY_INSERTED = {
     "full": "fine-tunes the towers' pretrained weights",
     "layernorm": "tunes the pretrained LayerNorms, inserts nothing",
     "bitfit": "tunes the pretrained biases, inserts nothing",
+    "houlsby": "also tunes the LayerNorms by default (tune_layernorm)",
+    "pfeiffer": "also tunes the LayerNorms by default (tune_layernorm)",
+    "parallel": "also tunes the LayerNorms by default (tune_layernorm)",
+    "compacter": "also tunes the LayerNorms by default (tune_layernorm)",
 }
 
 
@@ -335,8 +340,8 @@ def test_trainable_counts_per_tower(method):
 
 # methods to which "the item head trains; in the towers, what the method names" does not apply
 NAMES_DO_NOT_APPLY = {
-    "iisan": "freezes the item head (its side network's fusion layer takes the head's place) and "
-             "trains the user encoder in full; its names are checked in test_iisan_trainable_set",
+    "iisan": "trains its side network, the item head's Linear (a stage of its fusion) and the user "
+             "encoder in full; its names are checked in test_iisan_trainable_set",
 }
 
 
@@ -355,8 +360,11 @@ def test_trainable_names_are_the_intended_ones(method):
         assert tower == model.peft_tuned and all("LayerNorm" in n or ".ln_" in n for n in tower)
     elif method == "bitfit":
         assert tower == model.peft_tuned and all(n.endswith(".bias") for n in tower)
-    else:
-        assert model.peft_tuned == set() and all("peft_" in n for n in tower)
+    else:  # inserted modules, plus the LayerNorms where tune_layernorm is on (adapters' default)
+        tuned = model.peft_tuned
+        assert bool(tuned) == model.peft_config.get("tune_layernorm", False)
+        assert all("LayerNorm" in n or ".ln_" in n for n in tuned)
+        assert all("peft_" in n for n in tower - tuned)
 
 
 def test_layers_positions_and_towers_options():
@@ -370,7 +378,7 @@ def test_layers_positions_and_towers_options():
     m = applied("pfeiffer")
     assert adapters(m) == [f"item_encoder.backbone.encoder.layer.{i}.output.peft_adapter" for i in range(L)] + [
         f"user_encoder.blocks.{i}.ffn.peft_adapter" for i in range(B)]
-    m = applied("pfeiffer", position="mha", towers="user")  # the reference's placement
+    m = applied("pfeiffer", position="mha", towers="user")  # the Pfeiffer form after attention
     assert adapters(m) == [f"user_encoder.blocks.{i}.attn.peft_adapter" for i in range(B)]
     assert not any(p.requires_grad for p in m.item_encoder.backbone.parameters())
     assert m.peft_config["positions"] == ["mha"] and "position" not in m.peft_config
@@ -409,27 +417,30 @@ def test_id_item_encoder_has_only_the_user_tower():
         peft.apply(make_model(item="id"), "prompt")
 
 
-def side_chain(hidden, m, blocks):  # one iisan side chain: a gate + bottleneck + LayerNorm per block
-    return blocks + blocks * (lin(hidden, m) + lin(m, hidden) + 2 * hidden)
+def side_chain(hidden, m, blocks):  # one iisan side chain: a gate + a residual bottleneck per block
+    return blocks + blocks * (lin(hidden, m) + lin(m, hidden))
 
 
-@pytest.mark.parametrize("stride, blocks", [(1, 2), (2, 1)])  # reads layers [0, 1, 2] / [0, 2]
+# reads layers [0, 1, 2] / [0, 2]: one block per state read, the embeddings' included (IISAN)
+@pytest.mark.parametrize("stride, blocks", [(1, 3), (2, 2)])
 def test_iisan_trainable_set(stride, blocks):
     model = make_model()
     s = peft.apply(model, "iisan", bottleneck=MI, layer_stride=stride)
-    side = side_chain(H, MI, blocks) + lin(H, D)  # one text chain, fused into the item vector
+    # one text chain, then fc (H -> H), the item head's Linear (trains) and the fusion (D -> D)
+    side = side_chain(H, MI, blocks) + lin(H, H) + lin(D, D)
     assert len(model.item_encoder.peft_side.intra["text"].blocks) == blocks
     assert model.item_encoder.peft_side.inter is None  # one modality
     assert s["towers"]["item"] == {"trainable": 0, "total": BERT_TOTAL}
     assert s["towers"]["user"] == {"trainable": SASREC_TOTAL, "total": SASREC_TOTAL}
-    assert s["towers"]["other"] == {"trainable": side, "total": HEAD + side}  # the head is frozen
+    assert s["towers"]["other"] == {"trainable": side + HEAD, "total": side + HEAD}
     assert s["inserted"] == side and model.peft_tuned == set()
     train = {n for n, p in model.named_parameters() if p.requires_grad}
     assert train == ({n for n, _ in model.named_parameters() if n.startswith("item_encoder.peft_side.")}
+                     | {"item_encoder.project.0.weight", "item_encoder.project.0.bias"}
                      | {n for n, _ in model.user_encoder.named_parameters(prefix="user_encoder")})
     m = make_model()  # the item side only: the user encoder stays frozen
     s = peft.apply(m, "iisan", towers=["item"], bottleneck=MI, layer_stride=stride)
-    assert s["towers"]["user"]["trainable"] == 0 and s["trainable"] == side
+    assert s["towers"]["user"]["trainable"] == 0 and s["trainable"] == side + HEAD
     with pytest.raises(ConfigError, match="towers must include item"):
         peft.apply(make_model(), "iisan", towers=["user"])
     with pytest.raises(ConfigError, match="needs a pretrained item backbone"):

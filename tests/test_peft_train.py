@@ -82,9 +82,9 @@ def backbone_model(setup, path):
     """The backbone + source checkpoint, without PEFT (what a served model starts from)."""
     cfg = load_config(base={**setup["base"], "data": {**setup["base"]["data"], "path": str(path)}})
     data = load_data(cfg)
-    model, content = build_model(cfg, data)
+    model = build_model(cfg, data)
     load_into(model, load_weights(setup["source"]), "source")
-    return model.eval(), content
+    return model.eval(), model.content
 
 
 def test_run_folders_are_domain_adapters_over_one_backbone(setup):
@@ -134,8 +134,10 @@ def test_adapter_file_from_a_run_and_sizes(setup, tmp_path):
 # --- the adaptation configs and scripts --------------------------------------------------------
 
 @pytest.mark.parametrize("target", ["scientific", "adressa"])
-def test_adaptation_configs_exist_and_load_for_every_method(target):
+def test_adaptation_configs_exist_and_load_for_every_method(target, monkeypatch):
     from adapter4rec.peft.options import parse
+
+    monkeypatch.setenv("ADAPTER4REC_DATASETS", "../shared/datasets")  # where the real data lives here
 
     want = {"scientific": ("../shared/datasets/amazon-scientific", "pretrained_models/all-MiniLM-L6-v2",
                            "runs/pretrain_instrument"),

@@ -106,6 +106,11 @@ def test_evaluate_refuses_a_run_whose_source_was_trained_again(world, tmp_path, 
     res = train(load_config(overrides=sets(tgt, bert, peft__method="houlsby",
                                            train__init_from=source)), run)
     assert evaluate_run(run)["test"]["NDCG@10"] == pytest.approx(res["test"]["NDCG@10"])
+    import adapter4rec as a4r
+
+    model, data, cfg = a4r.load_run(run)  # an adapter run, rebuilt over its own source
+    assert cfg.train.init_from == str(source)
+    assert a4r.evaluate(model, data, split=("valid", "test")) == {"valid": res["valid"], "test": res["test"]}
     train(load_config(overrides=sets(src, bert, train__seed=9)), source)  # the source is re-run
     with pytest.raises(CheckpointError, match=r"changed: .*frozen"):
         evaluate_run(run)
@@ -339,3 +344,50 @@ def test_damaged_files_give_one_line_errors(world, tmp_path, capsys):
     assert main(["report", str(run)]) == 2
     err = _errors(capsys)
     assert len(err) == 1 and "metrics.json" in err[0], err
+
+
+def test_a_missing_data_path_is_one_line_and_leaves_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--output", str(out), "--set", "data.path=" + str(tmp_path / "nowhere"),
+                 "--set", "model.item_encoder=id"]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and "--set data.path=DIR" in err[0] and "ADAPTER4REC_DATASETS" in err[0]
+    assert not out.exists()
+
+
+def test_checkpoint_sizes_best_without_optimizer_and_only_best(world, tmp_path):
+    _, src, _, _ = world
+    run = tmp_path / "run"
+    train(load_config(overrides=sets(src, train__epochs=2)), run)
+    best, latest = (run / "checkpoints" / n / "trainer_state.pt" for n in ("best", "latest"))
+    assert torch.load(best, weights_only=True)["optimizer"] is None
+    assert torch.load(latest, weights_only=True)["optimizer"] is not None
+    assert best.stat().st_size < latest.stat().st_size
+    only = tmp_path / "only"
+    train(load_config(overrides=sets(src, train__keep_latest="false")), only)
+    assert sorted(p.name for p in (only / "checkpoints").iterdir()) == ["best"]
+    assert evaluate_run(only)["test"]  # best alone serves evaluate
+
+
+def test_an_adapter_file_of_0_1_computes_what_it_computed_then(tmp_path):
+    """0.1's pfeiffer was a Houlsby-form adapter after the FFN: its file (no format version, no
+    original_ln_before in its config) loads as that function, not as 0.2's Pfeiffer form."""
+    from safetensors.torch import load_file, save_file
+
+    from adapter4rec.runtime.io import weights_metadata
+
+    old = _tiny(0)
+    peft.apply(old, "pfeiffer", original_ln_before=False, tune_layernorm=False)
+    perturb(old, 3)
+    f = tmp_path / "old.safetensors"
+    peft.save_adapter(old, f)
+    meta = weights_metadata(f)
+    cfg = json.loads(meta["adapter4rec_peft"])
+    for k in ("original_ln_before", "scaling"):  # options 0.1 did not have
+        cfg.pop(k)
+    meta = {k: v for k, v in meta.items() if k not in ("adapter4rec_format_version", "adapter4rec_frozen")}
+    save_file(load_file(f), f, metadata={**meta, "adapter4rec_peft": json.dumps(cfg)})
+    fresh = _tiny(0)
+    peft.load_adapter(fresh, f)
+    assert fresh.peft_config["original_ln_before"] is False
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(fresh), _outputs(old)))

@@ -25,6 +25,7 @@ from ..data.batching import item_loader
 from ..errors import ConfigError, DataError
 from ..peft.iisan import LAST, layer_states, modal_encoders, side_network
 from ..runtime import distributed as dist
+from ..runtime.logging import progress_enabled
 from ..runtime.precision import amp_dtype
 from .fingerprint import backbone_path, cache_folder, fingerprint
 from .store import HiddenCache, Writer, lock, open_cache
@@ -204,7 +205,7 @@ def attach(cfg, model, data, content, device=None):
             cache = _opened_everywhere(open_cache(folder, fp) if dist.is_main() else None, folder, fp)
         if cache is None:
             cache = build_cache(enc, store, folder, lay, fp, cfg.cache.dtype, cfg.cache.batch_size,
-                                device, amp, cfg.train.progress, cfg.train.num_workers,
+                                device, amp, progress_enabled(cfg.train.progress), cfg.train.num_workers,
                                 desc=f"caching {m} hidden states", reuse=not cfg.cache.rebuild)
         else:
             log.info("hidden-state cache %s: [%d, %d, %d] %s, written %s", folder, *cache.shape,

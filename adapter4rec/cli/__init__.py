@@ -63,6 +63,34 @@ def _methods(args) -> None:
             print(f"    {key} = {default!r}  {doc}")
 
 
+def _configs(args) -> None:
+    import shutil
+
+    root = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
+    names = sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml"))
+    if args.configs_command == "list":
+        print("\n".join(names))
+        return
+    if args.name not in names:
+        raise Adapter4RecError(f"no shipped config {args.name!r} (adapter4rec configs list)")
+    src = root / args.name
+    if args.configs_command == "path":
+        print(src)
+        return
+    dest = Path(args.dest)
+    dest = dest / src.name if dest.is_dir() else dest
+    if dest.exists():
+        raise Adapter4RecError(f"{dest} exists; remove it or choose another destination")
+    shutil.copy(src, dest)
+    # a config that extends a shipped base: copy the base beside it, so the copy loads alone
+    for line in src.read_text(encoding="utf-8").splitlines():
+        if line.startswith("extends:"):
+            base = src.parent / line.split(":", 1)[1].strip()
+            if not (dest.parent / base.name).exists():
+                shutil.copy(base, dest.parent / base.name)
+    print(dest)
+
+
 def _synthetic(args) -> None:
     from ..data.synthetic import make_transfer_pair
 
@@ -105,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
 
     add_build_lmdb_parser(sub)
     add_cache_parser(sub)
+
+    c = sub.add_parser("configs", help="the experiment configs shipped with the package")
+    csub = c.add_subparsers(dest="configs_command", required=True)
+    csub.add_parser("list", help="list them (e.g. adapt/scientific_houlsby.yaml)")
+    for name, what in (("path", "print where a shipped config is"),
+                       ("copy", "copy a shipped config (and the base it extends) to DEST")):
+        q = csub.add_parser(name, help=what)
+        q.add_argument("name", help="as `adapter4rec configs list` prints it")
+        if name == "copy":
+            q.add_argument("dest", nargs="?", default=".", help="a file or a folder (default: here)")
+    c.set_defaults(func=_configs)
 
     m = sub.add_parser("methods", help="list the PEFT methods with their options and defaults")
     m.set_defaults(func=_methods)

@@ -1,11 +1,17 @@
 """Preprocessing (as the reference) and the leave-one-out split.
 
-Flow: read files -> drop users with < min_seq_len interactions -> keep the last max_seq_len + 3
-items -> re-index the items that occur to 1..N (0 = padding) -> train on s[:-2], validate on
-s[-2], test on s[-1].
+Flow: read files (or take pandas frames) -> drop users with < min_seq_len interactions -> keep the
+last max_seq_len + 3 items -> re-index the items that occur to 1..N (0 = padding) -> train on
+s[:-2], validate on s[-2], test on s[-1].
+
+    data = RecData.from_files("Dataset/scientific", min_seq_len=5, max_seq_len=10)
+    data = RecData.from_frames(interactions, items, user_col="user", item_col="item",
+                               time_col="timestamp", text_cols=["title"])
+    data.save("runs/x/data")   # users.tsv + items.tsv that read back into the same data
 """
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +53,63 @@ class RecData:
     def target(self, u: int, split: str) -> int:
         return int(self.seqs[u][-2] if split == "valid" else self.seqs[u][-1])
 
+    @classmethod
+    def from_files(cls, path: str | Path, users_file: str = "users.tsv", items_file: str = "items.tsv",
+                   min_seq_len: int = 5, max_seq_len: int = 10, with_abstract: bool = False,
+                   unknown_items: str = "error") -> "RecData":
+        """The data of a dataset folder (``build_data``; the ``data.*`` config keys)."""
+        return build_data(path, users_file, items_file, min_seq_len, max_seq_len, with_abstract,
+                          unknown_items)
+
+    @classmethod
+    def from_frames(cls, interactions, items, user_col: str = "user_id", item_col: str = "item_id",
+                    time_col: str | None = None, text_cols=("title",), min_seq_len: int = 5,
+                    max_seq_len: int = 10, unknown_items: str = "error") -> "RecData":
+        """The data of two pandas DataFrames, filtered and split as the files are.
+
+        ``interactions``: one row per interaction in long format (as RecBole's ``.inter`` files),
+        ordered by ``time_col`` (stable: ties keep the frame's order), or in the frame's order
+        without it. ``items``: one row per item, ``item_col`` and the ``text_cols`` joined by a
+        space into the item's text (none for image / ID items). Ids become strings; titles are
+        taken as they are (no HTML unescaping) and may hold tabs."""
+        _check_columns(interactions, [user_col, item_col] + ([time_col] if time_col else []),
+                       "interactions")
+        text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols)
+        _check_columns(items, [item_col] + text_cols, "items")
+        table = {}
+        for n, row in enumerate(items[[item_col] + text_cols].itertuples(index=False), 1):
+            item_id = str(row[0]).strip()
+            if not item_id or len(item_id.split()) > 1:
+                raise DataError(f"item id {item_id!r} is empty or contains whitespace", "items frame", n)
+            if item_id in table:
+                raise DataError(f"duplicate item id {item_id!r}; item ids must be unique", "items frame", n)
+            text = " ".join(str(v).strip() for v in row[1:] if v is not None and v == v and str(v).strip())
+            if text_cols and not text:
+                raise DataError(f"item {item_id!r} has an empty title", "items frame", n)
+            table[item_id] = text
+        frame = interactions.sort_values(time_col, kind="stable") if time_col else interactions
+        sequences: dict[str, list[str]] = {}
+        for user, item in zip(frame[user_col].astype(str), frame[item_col].astype(str)):
+            sequences.setdefault(user.strip(), []).append(item.strip())
+        users = list(sequences.items())
+        return _build(users, table, min_seq_len, max_seq_len, unknown_items, "interactions frame",
+                      "interactions frame")
+
+    def save(self, folder: str | Path) -> Path:
+        """``users.tsv`` and ``items.tsv`` in ``folder`` that ``from_files`` (with this data's
+        ``max_seq_len``) reads back into the same data: titles are HTML-escaped, so a tab or a
+        newline in a title survives (the readers unescape)."""
+        from ..runtime.io import write_text_atomic
+
+        folder = Path(folder)
+        items = "".join(f"{i}\t{_escape(t)}\n" if t else f"{i}\n"
+                        for i, t in zip(self.item_ids, self.texts))
+        users = "".join(f"{u}\t{' '.join(self.item_ids[j - 1] for j in s)}\n"
+                        for u, s in zip(self.user_ids, self.seqs))
+        write_text_atomic(folder / "items.tsv", items)
+        write_text_atomic(folder / "users.tsv", users)
+        return folder
+
     def item_counts(self) -> np.ndarray:
         """Occurrences of each item in the training parts (index = item id)."""
         c = np.zeros(self.n_items + 1, dtype=np.int64)
@@ -58,25 +121,58 @@ class RecData:
 def build_data(path: str | Path, users_file: str = "users.tsv", items_file: str = "items.tsv",
                min_seq_len: int = 5, max_seq_len: int = 10, with_abstract: bool = False,
                unknown_items: str = "error") -> RecData:
+    _check_lengths(min_seq_len, max_seq_len)
+    root = check_folder(path, users_file, items_file)
+    items = read_items(root / items_file, with_abstract=with_abstract)
+    users = read_users(root / users_file)
+    return _build(users, items, min_seq_len, max_seq_len, unknown_items, root / users_file,
+                  root / items_file)
+
+
+def _check_lengths(min_seq_len: int, max_seq_len: int) -> None:
     if max_seq_len < 1:
         raise ConfigError(f"data.max_seq_len must be at least 1, got {max_seq_len}")
     if min_seq_len < 4:
         raise ConfigError("data.min_seq_len must be at least 4: leave-one-out holds out a "
                           "validation and a test item, and a training pair needs two more; got "
                           f"{min_seq_len}")
+
+
+def check_folder(path, users_file: str = "users.tsv", items_file: str = "items.tsv") -> Path:
+    """``data.path`` as a folder, or a one-line ConfigError saying how to set it."""
     root = Path(path)
     if not str(path) or not root.is_dir():
-        raise ConfigError(f"data.path {str(path)!r} is not a folder; it must hold "
-                          f"{items_file} and {users_file}")
-    items = read_items(root / items_file, with_abstract=with_abstract)
-    users = read_users(root / users_file)
-    users, dropped = check_known_items(users, items, root / users_file, policy=unknown_items)
+        raise ConfigError(f"data.path {str(path)!r} is not a folder; it must hold {items_file} and "
+                          f"{users_file} (give it with --set data.path=DIR; the shipped configs "
+                          "find the datasets under $ADAPTER4REC_DATASETS, default Dataset/)")
+    return root
+
+
+def _escape(text: str) -> str:
+    """HTML-escape a title for an items file: ``&``, ``<``, ``>`` and every control character
+    (tab, newline, ...), which the reader's ``html.unescape`` restores exactly."""
+    out = html.escape(text, quote=False)
+    return "".join(f"&#{ord(c)};" if ord(c) < 32 or c == "\x7f" else c for c in out)
+
+
+def _check_columns(frame, columns, what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"the {what} frame has no column {', '.join(map(repr, missing))} (it has: "
+                          f"{', '.join(map(str, frame.columns))})")
+
+
+def _build(users, items: dict, min_seq_len: int, max_seq_len: int, unknown_items: str, users_path,
+           items_path) -> RecData:
+    """Filter, truncate and re-index ``users`` [(user_id, [item_id, ...])] over ``items``."""
+    _check_lengths(min_seq_len, max_seq_len)
+    users, dropped = check_known_items(users, items, users_path, policy=unknown_items)
     if dropped:
-        log.warning("dropped %d interactions with items absent from %s", dropped, root / items_file)
+        log.warning("dropped %d interactions with items absent from %s", dropped, items_path)
     kept = [(u, s[-(max_seq_len + 3):]) for u, s in users if len(s) >= min_seq_len]
     if len(kept) < 2:
         raise DataError(f"only {len(kept)} user(s) have at least min_seq_len={min_seq_len} "
-                        "interactions; at least 2 are needed", path=root / users_file)
+                        "interactions; at least 2 are needed", path=users_path)
     # Items that occur are numbered 1..N in the order of the items file: stable across runs.
     occurring = {i for _, s in kept for i in s}
     item_ids = [i for i in items if i in occurring]
@@ -84,7 +180,8 @@ def build_data(path: str | Path, users_file: str = "users.tsv", items_file: str 
     seqs = [np.fromiter((index[i] for i in s), dtype=np.int64, count=len(s)) for _, s in kept]
     stats = {"users_read": len(users), "users": len(kept), "items": len(item_ids),
              "interactions": int(sum(len(s) for s in seqs)), "dropped_unknown": dropped}
-    log.info("data %s: %d users (of %d read), %d items, %d interactions", root, len(kept),
+    log.info("data %s: %d users (of %d read), %d items, %d interactions", Path(str(users_path)).parent
+             if isinstance(users_path, Path) else users_path, len(kept),
              len(users), len(item_ids), stats["interactions"])
     return RecData(item_ids, [items[i] for i in item_ids], [u for u, _ in kept], seqs,
                    max_seq_len, stats)

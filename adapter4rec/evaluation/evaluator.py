@@ -92,7 +92,7 @@ def _exclusions(data: RecData, users, split: str) -> np.ndarray:
 @torch.no_grad()
 def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
                batch_size: int = 256, exclude_history: bool = True, amp_dtype=None,
-               counts: dict | None = None) -> torch.Tensor:
+               counts: dict | None = None, progress: bool = False) -> torch.Tensor:
     """Ranks of this rank's share of users' targets for ``split`` (valid | test).
 
     Users go in chunks of at most ``batch_size`` whose scores stay under ``SCORE_BUDGET``
@@ -105,7 +105,8 @@ def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
     chunk = max(1, min(batch_size, SCORE_BUDGET // max(len(items), 1)))
     ranks = []
     buf = ge_buf = None  # reused across chunks: no fresh (page-faulting) allocation per chunk
-    for s in range(lo, hi, chunk):
+    for s in tqdm(range(lo, hi, chunk), desc=f"rank {split} users", disable=not progress,
+                  leave=False, unit="chunk"):
         users = range(s, min(s + chunk, hi))
         hist = torch.from_numpy(np.stack([left_pad(data.history(u, split), L) for u in users])).to(device)
         tgt = torch.tensor([data.target(u, split) for u in users], device=device)
@@ -123,11 +124,12 @@ def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
     return torch.cat(ranks) if ranks else torch.zeros(0, device=device)
 
 
-def evaluate(model, content, data: RecData, device, splits=("valid", "test"), k: int = 10,
+def evaluate(model, content, data: RecData, device, splits=("valid", "test"), k=10,
              batch_size: int = 256, item_batch_size: int = 256, exclude_history: bool = True,
              amp_dtype=None, progress: bool = False, num_workers: int = 0,
              nonfinite: str = "error") -> dict[str, dict[str, float]]:
-    """{split: {"HR@k", "NDCG@k"}} for each split, from a single item-encoding pass.
+    """{split: {"HR@k", "NDCG@k"}} for each split and each cut-off ``k`` (an int or several),
+    from a single item-encoding pass.
 
     Item or user vectors that are not finite (a model whose weights went NaN) raise
     ``NonFiniteError`` with ``nonfinite="error"``; with ``"skip"`` they are counted and logged, a
@@ -141,15 +143,19 @@ def evaluate(model, content, data: RecData, device, splits=("valid", "test"), k:
     for split in splits:
         counts = {}
         r = rank_users(model, items, data, split, device, batch_size, exclude_history, amp_dtype,
-                       counts)
+                       counts, progress)
         bad_users = int(dist.all_reduce_sum(torch.tensor([counts.get("users", 0)], device=device)))
         if bad_users:
             _nonfinite(nonfinite, f"{split}: {bad_users} of {data.n_users} user vectors are not "
                                   "finite (counted as misses)")
-        hit = (r <= k).sum().float()
-        ndcg = torch.where(r <= k, 1.0 / torch.log2(r.clamp(max=1e9) + 1), torch.zeros_like(r)).sum()
-        sums = dist.all_reduce_sum(torch.stack([hit, ndcg]).to(device).float())
-        out[split] = {f"HR@{k}": float(sums[0]) / data.n_users, f"NDCG@{k}": float(sums[1]) / data.n_users}
+        out[split] = {}
+        for cut in ([k] if isinstance(k, int) else list(k)):
+            hit = (r <= cut).sum().float()
+            ndcg = torch.where(r <= cut, 1.0 / torch.log2(r.clamp(max=1e9) + 1),
+                               torch.zeros_like(r)).sum()
+            sums = dist.all_reduce_sum(torch.stack([hit, ndcg]).to(device).float())
+            out[split][f"HR@{cut}"] = float(sums[0]) / data.n_users
+            out[split][f"NDCG@{cut}"] = float(sums[1]) / data.n_users
     return out
 
 

@@ -26,10 +26,11 @@ def collect(paths: list[str]) -> list[dict]:
                        if (run / "config.yaml").exists() else {})
             except yaml.YAMLError as e:
                 raise Adapter4RecError(f"{run / 'config.yaml'}: not valid YAML ({e})") from None
+            k = (cfg.get("eval") or {}).get("k", 10)  # the run's own cut-off, not always 10
             rows.append({"run": str(run), "method": cfg.get("peft", {}).get("method", "?"),
-                         "valid_NDCG@10": res["valid"].get("NDCG@10", float("nan")),
-                         "test_HR@10": res["test"].get("HR@10", float("nan")),
-                         "test_NDCG@10": res["test"].get("NDCG@10", float("nan")),
+                         f"valid_NDCG@{k}": res["valid"].get(f"NDCG@{k}", float("nan")),
+                         f"test_HR@{k}": res["test"].get(f"HR@{k}", float("nan")),
+                         f"test_NDCG@{k}": res["test"].get(f"NDCG@{k}", float("nan")),
                          "trainable": res.get("trainable_params", 0),
                          "checkpoint_mb": res.get("checkpoint_mb", float("nan"))})
     if not rows:
@@ -38,11 +39,14 @@ def collect(paths: list[str]) -> list[dict]:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # runs may differ in their cut-off k
+
+    def cell(v) -> str:
+        return "" if v is None else f"{v:.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
-                                         else str(v) for v in r.values()) + " |")
+        lines.append("| " + " | ".join(cell(r.get(c)) for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -60,8 +64,9 @@ def report(paths: list[str], plot: str | None = None, markdown: str | None = Non
         except ImportError:
             raise Adapter4RecError("--plot needs matplotlib: pip install 'adapter4rec[plots]'") from None
         fig, ax = plt.subplots(figsize=(max(4, len(rows) * 0.8), 3.5))
-        ax.bar([Path(r["run"]).name for r in rows], [r["test_NDCG@10"] for r in rows])
-        ax.set_ylabel("test NDCG@10")
+        key = next(c for c in rows[0] if c.startswith("test_NDCG@"))
+        ax.bar([Path(r["run"]).name for r in rows], [r.get(key, float("nan")) for r in rows])
+        ax.set_ylabel(key.replace("_", " "))
         ax.tick_params(axis="x", rotation=45)
         fig.tight_layout()
         fig.savefig(plot, dpi=120)

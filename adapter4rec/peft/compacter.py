@@ -4,9 +4,13 @@ PHM layers -- a weight built as a sum of Kronecker products
     W = sum_{i=1..n} A_i (x) B_i,      A_i: n x n "rule" matrices shared by every PHM layer of a tower,
                                        B_i = s_i t_i: low-rank (rank 1 by default) and per layer,
 
-placed where Houlsby adapters go, with the adapter's skip connection. The up projection's right
-factors start at zero, so the adapter is exactly the identity at initialisation and the pretrained
-function is kept (``zero_init_up: false`` starts it small instead).
+placed where Houlsby adapters go (AdapterHub's ``compacter``: ``double_seq_bn`` with PHM layers), with
+the adapter's skip connection and every placement option of the bottleneck adapters
+(``adapter4rec.peft.bottleneck``: after the host's dropout; ``positions``, ``insertion``,
+``original_ln_before`` for Compacter++'s ``seq_bn`` placement, ``scaling``). The up projection's
+right factors start at zero, so the adapter is exactly the identity at initialisation and the
+pretrained function is kept (``zero_init_up: false`` starts it small instead). As the bottleneck
+adapters, it tunes the chosen layers' LayerNorms by default (``tune_layernorm``).
 
 The shared rules of a tower are one parameter, ``<tower>.peft_phm_rules.weight`` [n, n, n].
 """
@@ -93,9 +97,10 @@ def insert_compacter(model, towers, options) -> None:
         r = rules[tower.name]
         down = PHMLinear(r, tower.hidden, size, options.phm_rank)
         up = PHMLinear(r, size, tower.hidden, options.phm_rank, zero_init=options.zero_init_up)
-        return Bottleneck(down, up, options.activation, options.dropout, skip)
+        return Bottleneck(down, up, options.activation, options.dropout, skip, options.scaling)
 
-    insert_at_sites(towers, options.layers, options.positions, options.insertion, make)
+    insert_at_sites(towers, options.layers, options.positions, options.insertion, make,
+                    options.original_ln_before)
 
 
 __all__ = ["PHMRules", "PHMLinear", "CompacterOptions"]

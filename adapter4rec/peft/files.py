@@ -28,8 +28,9 @@ from .registry import apply, get
 from .towers import towers as model_towers
 
 FORMAT = "adapter4rec-adapter"
-# 1: trainable parameters + PEFT config + tower signature (+ frozen fingerprint since 0.2.0)
-FORMAT_VERSION = 1
+# 2 (0.2): the PEFT config names every option of 0.2's methods, a frozen fingerprint; 1 (0.1,
+# no version written): read with the options that give 0.1's functions (``_read_as_written``)
+FORMAT_VERSION = 2
 META_VERSION = "adapter4rec_format_version"
 META_PEFT = "adapter4rec_peft"
 META_TOWERS = "adapter4rec_towers"
@@ -127,6 +128,8 @@ def read_adapter(path: str | Path, config: dict | None = None,
                               f"adapter4rec reads up to {FORMAT_VERSION}: upgrade adapter4rec (see "
                               "CHANGELOG.md)")
     cfg = config or (json.loads(meta[META_PEFT]) if META_PEFT in meta else run_cfg)
+    if config is None and META_PEFT in meta and version < 2:
+        cfg = _read_as_written(cfg)
     if cfg is None:
         raise CheckpointError(f"{p} carries no PEFT config (not written by save_adapter): pass "
                               "config={'method': ..., **options} or the run folder instead")
@@ -135,6 +138,19 @@ def read_adapter(path: str | Path, config: dict | None = None,
         frozen = json.loads(meta[META_FROZEN]) if META_FROZEN in meta else None
         return load_weights(p), dict(cfg), signature, frozen
     return load_weights(p), dict(cfg), signature
+
+
+def _read_as_written(cfg: dict) -> dict:
+    """The config of a 0.1 adapter file with the options that compute what it computed then:
+    0.1's ``pfeiffer`` was a Houlsby-form adapter after the FFN (no ``original_ln_before``), and
+    0.1's ``iisan`` the earlier side network (``iisan.EARLIER_OPTIONS``)."""
+    if cfg.get("method") in ("houlsby", "pfeiffer", "parallel", "compacter"):
+        cfg = {"original_ln_before": False, "scaling": 1.0, **cfg}
+    if cfg.get("method") == "iisan":
+        from .iisan import EARLIER_OPTIONS
+        cfg = {**EARLIER_OPTIONS, **{k: v for k, v in cfg.items() if k not in EARLIER_OPTIONS
+                                     or k in ("activation", "dropout")}}
+    return cfg
 
 
 def _resolved(cfg: dict) -> dict:

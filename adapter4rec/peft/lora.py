@@ -45,7 +45,10 @@ class LoraOptions(opt.Options):
     item_alpha: float = opt.option(16.0, opt.number(), "alpha in the item encoder (scale alpha / r)")
     user_alpha: float = opt.option(8.0, opt.number(), "alpha in the user encoder (scale alpha / r)")
     dropout: float = opt.option(0.0, opt.number(0.0, 1.0), "dropout on the LoRA input")
-    tune_layernorm: bool = opt.option(False, opt.boolean, "also tune the towers' LayerNorms")
+    # Hu et al. train the low-rank matrices only (no LayerNorm): off by default
+    tune_layernorm: bool = opt.option(False, opt.boolean,
+                                      "also tune the LayerNorms of the chosen layers of the towers "
+                                      "(layers: all -> every LayerNorm of the towers)")
 
 
 def _peft():

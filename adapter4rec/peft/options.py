@@ -117,7 +117,11 @@ class Options:
 
     @property
     def layernorm_layers(self):
-        """The layers whose LayerNorms ``tune_layernorm`` tunes: the method's ``layers``."""
+        """The layers whose LayerNorms ``tune_layernorm`` tunes: the method's ``layers`` (where its
+        modules go). With ``all`` that is every LayerNorm of the tower, the embeddings' (BERT
+        ``embeddings.LayerNorm``, SASRec ``ln_in``) and ViT's final ``layernorm`` included, as
+        Houlsby et al.'s code and the reference tune them; with a list only the LayerNorms inside
+        those layers, so the frozen layers below stay frozen (and cacheable)."""
         return getattr(self, "layers", "all")
 
     def to_dict(self) -> dict:

@@ -44,7 +44,8 @@ class PromptOptions(opt.Options):
     init: str = opt.option("vocab", opt.choice("vocab", "random"),
                            "text: vocab (copies of random vocabulary rows) or random; images: random")
     init_std: float = opt.option(0.02, opt.number(), "std of the N(0, std) init (random / images)")
-    tune_layernorm: bool = opt.option(False, opt.boolean, "also tune the item encoder's LayerNorms")
+    # prompt tuning (Lester et al.) trains the prompt only: off by default
+    tune_layernorm: bool = opt.option(False, opt.boolean, "also tune every LayerNorm of the item encoder")
 
 
 class SoftPrompt(nn.Module):

@@ -8,7 +8,10 @@ A method is an options dataclass plus an ``insert`` function, registered by name
    the item head ``item_encoder.project`` and everything outside the towers (ID tables) always
    train, as they are new in every run;
 3. let the method insert its modules (names with a ``peft_`` prefix) in the listed towers, and mark
-   the pretrained parameters it tunes (LayerNorm, biases) in ``model.peft_tuned``;
+   the pretrained parameters it tunes (LayerNorm, biases) in ``model.peft_tuned``; with the option
+   ``tune_layernorm`` (default true for the bottleneck adapters and Compacter, as Houlsby et al.
+   and the study; false for LoRA, prompt tuning and K-Adapter) also the LayerNorms of the chosen
+   layers (``Options.layernorm_layers``);
 4. record ``model.peft_config`` (method + every option, resolved) so an adapter file can rebuild it.
 """
 from __future__ import annotations

@@ -41,3 +41,13 @@ def setup_logging(output: str | Path | None = None) -> None:
         log.addHandler(fh)
     if not dist.is_main():
         log.setLevel(logging.WARNING)
+
+
+def progress_enabled(wanted: bool) -> bool:
+    """Progress bars only where a person watches: a terminal or a notebook, never a redirected
+    stderr (a log file would fill with carriage-return redraws)."""
+    if not wanted:
+        return False
+    if "ipykernel" in sys.modules:
+        return True
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())

@@ -31,16 +31,17 @@ from tqdm.auto import tqdm
 
 from ..config import Config, save_config
 from ..data.batching import TrainBatches
-from ..data.split import RecData
+from ..data.split import RecData, check_folder
 from ..errors import Adapter4RecError, CheckpointError, ConfigError, StorageError
 from ..evaluation.evaluator import unreachable_targets
 from ..pipeline import (RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, build_run, check_fingerprints,
                         read_run_file)
 from ..runtime import distributed as dist
 from ..runtime.io import FolderLock, load_into, write_text_atomic
-from ..runtime.logging import setup_logging
+from ..runtime.logging import progress_enabled, setup_logging
 from ..runtime.provenance import environment
 from ..runtime.seed import rng_state, seed_everything, set_rng_state
+from .callbacks import Callback, TensorBoard
 from .checkpoint import (FORMAT_VERSION, find_checkpoint, load_checkpoint, remove_partial_writes,
                          save_checkpoint)
 from .optim import make_optimizer, make_scheduler
@@ -73,11 +74,15 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, output: str | Path, data: RecData | None = None, content=None):
+    def __init__(self, cfg: Config, output: str | Path, data: RecData | None = None, content=None,
+                 callbacks: list[Callback] | None = None, model=None):
         self.cfg, self.output = cfg, Path(output)
         self._given = (data, content)
+        self._model = model  # a model built by the caller: the one trained
         self.state = TrainState()
         self.lock = None
+        self.callbacks = list(callbacks or [])
+        self.should_stop = False  # a callback may end the run after the current epoch
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -86,6 +91,8 @@ class Trainer:
         continue from checkpoints/latest. Without it the folder's previous run goes."""
         cfg, output, t = self.cfg, self.output, self.cfg.train
         device = dist.setup()
+        if self._given[0] is None:  # before the run folder exists: a wrong path leaves nothing
+            check_folder(cfg.data.path, cfg.data.users_file, cfg.data.items_file)
         if dist.is_main():
             if output.exists() and not output.is_dir():
                 raise ConfigError(f"the run folder {output} is a file, not a folder")
@@ -102,8 +109,15 @@ class Trainer:
         dist.barrier()
         setup_logging(output)
         seed_everything(t.seed)
-        self.run = build_run(cfg, *self._given, device=device)
+        self.run = build_run(cfg, *self._given, device=device, model=self._model)
         self.fingerprints = self.run.fingerprints()
+        self.data_path = cfg.data.path
+        if self._given[0] is not None and not cfg.data.path:
+            # data given in Python (e.g. from frames): kept in the run folder, so that the run can
+            # be evaluated and resumed later from its config.yaml alone
+            self.data_path = str(output / "data")
+            if dist.is_main() and not resume:
+                self.run.data.save(self.data_path)
         self.model, data = self.run.model, self.run.data
         for split in ("valid", "test"):
             n = unreachable_targets(data, split)
@@ -128,7 +142,8 @@ class Trainer:
         if dist.world() > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.writer = _tensorboard(output)
+        if t.tensorboard and dist.is_main():
+            self.callbacks.append(TensorBoard(output / "tensorboard"))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         # The DataLoader's own generator: creating its iterator must not draw from the global torch
         # RNG (it would shift dropout after a mid-epoch resume). Batches never use it.
@@ -142,6 +157,8 @@ class Trainer:
         the run and what it is computed from), each written atomically."""
         cfg = copy.deepcopy(self.cfg)
         cfg.peft.options = dict(self.run.summary["options"])
+        if self.data_path != cfg.data.path:  # the data saved in the run folder
+            cfg.data.path, cfg.data.users_file, cfg.data.items_file = self.data_path, "users.tsv", "items.tsv"
         save_config(cfg, self.output / "config.yaml")
         info = (read_run_file(self.output) or {}) if resume else {}
         starts = info.get("starts", []) + [environment(self.run.device)]
@@ -183,8 +200,11 @@ class Trainer:
         t, s = self.cfg.train, self.state
         rngs = dist.all_gather_object(rng_state())  # every rank's generators (dropout differs)
         if dist.is_main():
+            # best is for evaluation and init_from, never resumed: its optimizer state (Adam's two
+            # moments, twice the trainable weights) is kept only with train.best_optimizer
+            keep_optimizer = name != "best" or t.best_optimizer
             save_checkpoint(self.output / "checkpoints" / name, self.model, {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self.optimizer.state_dict() if keep_optimizer else None,
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "format_version": FORMAT_VERSION, "fingerprints": self.fingerprints,
                 "rng": rngs, "trainer": dataclasses.asdict(s), "global_step": s.global_step,
@@ -203,8 +223,9 @@ class Trainer:
             record = self._train_epoch()
             if self.state.epoch % t.eval_every == 0 or self.state.epoch == t.epochs:
                 stop = self._evaluate(record)
-            if self.writer:
-                self.writer.add_scalar("train/loss", record["train_loss"], record["epoch"])
+                self._call("on_eval", record)
+            self._call("on_epoch_end", record)
+            stop = stop or self.should_stop
             if dist.is_main():
                 with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
@@ -223,12 +244,15 @@ class Trainer:
         self.model.train()
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch}", total=self.steps - start,
-                   disable=not (t.progress and dist.is_main()), leave=False)
+                   disable=not (progress_enabled(t.progress) and dist.is_main()), leave=False)
         positions = 0
         for batch in bar:
             positions += int(batch["global_positions"])
-            if self._step(_to(batch, self.run.device)):
+            before = s.epoch_loss
+            updated = self._step(_to(batch, self.run.device))
+            if updated:
                 bar.set_postfix(loss=f"{s.epoch_loss / s.epoch_batches:.4f}")
+            self._call("on_step_end", s.epoch_loss - before if updated else None)
             if t.checkpoint_every and s.global_step % t.checkpoint_every == 0 \
                     and s.step < self.steps:  # (the end of the epoch is saved by train)
                 self.save_checkpoint("latest")
@@ -297,7 +321,7 @@ class Trainer:
         """Evaluate after the epoch of ``record`` (updated in place), keep the best checkpoint;
         returns whether early stopping ends the run."""
         s, cfg, epoch = self.state, self.cfg, record["epoch"]
-        res = self.run.evaluate()
+        res = self.run.evaluate(progress=progress_enabled(cfg.train.progress) and dist.is_main())
         record.update(res)
         key = f"NDCG@{cfg.eval.k}"
         if res["valid"][key] > s.best:
@@ -308,10 +332,6 @@ class Trainer:
             s.bad_evals += 1
         log.info("epoch %d loss %.4f valid %s test %s", epoch, record["train_loss"],
                  _fmt(res["valid"]), _fmt(res["test"]))
-        if self.writer:
-            for split in ("valid", "test"):
-                for m, v in res[split].items():
-                    self.writer.add_scalar(f"{split}/{m}", v, epoch)
         return s.bad_evals >= cfg.train.patience
 
     def _finish(self) -> dict:
@@ -325,22 +345,27 @@ class Trainer:
             final["checkpoint_mb"] = round(best.stat().st_size / 2**20, 3)
         if dist.is_main():
             write_text_atomic(self.output / "metrics.json", json.dumps(final, indent=2))
+            if not self.cfg.train.keep_latest:  # a finished run that will not be resumed
+                shutil.rmtree(self.output / "checkpoints" / "latest", ignore_errors=True)
         log.info("best epoch %d: valid %s test %s", final["best_epoch"], _fmt(final["valid"]),
                  _fmt(final["test"]))
-        if self.writer:
-            self.writer.close()
+        self._call("on_train_end", final)
         return final
+
+    def _call(self, hook: str, arg) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, arg)
 
 
 def train(cfg: Config, output: str | Path, resume: bool = False, data: RecData | None = None,
-          content=None) -> dict:
+          content=None, callbacks: list[Callback] | None = None, model=None) -> dict:
     """Train under ``cfg`` into ``output``; returns the final metrics dict.
 
     ``resume``: continue from ``output``/checkpoints/latest (a run killed at any point continues
     exactly where its last checkpoint left it: on CPU the result is bit-identical to an
     uninterrupted run). Without ``resume`` the folder's previous checkpoints and metrics go.
     """
-    trainer = Trainer(cfg, output, data, content)
+    trainer = Trainer(cfg, output, data, content, callbacks, model)
     try:
         return trainer.setup(resume).train()
     finally:
@@ -408,13 +433,3 @@ def _to(batch: dict, device) -> dict:
 
 def _fmt(m: dict) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in m.items())
-
-
-def _tensorboard(output: Path):
-    if not dist.is_main():
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # optional extra
-        return None
-    return SummaryWriter(str(output / "tensorboard"))
