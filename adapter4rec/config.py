@@ -34,6 +34,8 @@ class DataConfig:
     with_abstract: bool = False       # append the abstract column to the title
     exclude_history: bool = True      # mask the user's history when ranking (as the reference)
     unknown_items: str = "error"      # item in users file missing from items file: error | drop
+    user_fraction: float = 1.0        # share of the users kept (after min_seq_len), in (0, 1]: a seeded subset, listed in users_kept.txt
+    fraction_seed: int = 0            # seed of that subset; for one seed a smaller fraction keeps a subset of a larger one's users
     images: str = ""                  # LMDB image store (image items)
     image_size: int = 0               # 0: the backbone's own image size
     missing_image: str = "error"      # item without an image in the store: error | blank
@@ -291,6 +293,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'data.min_seq_len' must be at least 4: the last two items are "
                           "held out (valid, test), and a training pair needs two more; got "
                           f"{cfg.data.min_seq_len}")
+    if not 0.0 < cfg.data.user_fraction <= 1.0:  # NaN fails this too
+        raise ConfigError(f"config key 'data.user_fraction' must be in (0, 1], got {cfg.data.user_fraction}")
     if not 0.0 <= cfg.data.max_unk_fraction <= 1.0:
         raise ConfigError(f"config key 'data.max_unk_fraction' must be in [0, 1], got {cfg.data.max_unk_fraction}")
     for f in fields(cfg.train):  # a NaN or infinite float setting is never meant

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from . import peft
 from .cache import CachedContent, attach as attach_cache
 from .cache.fingerprint import differences, digest
-from .config import Config, load_config
+from .config import Config, load_config, validate
 from .data.split import RecData, build_data
 from .errors import CheckpointError, ConfigError
 from .evaluation.evaluator import evaluate
@@ -38,6 +39,10 @@ ITEM_TABLES = ("item_encoder.table.",)
 
 # Only the SASRec block with biases (model.block: sasrec_bias, 0.1's default) has this key.
 BIASED_BLOCK_KEY = "user_encoder.blocks.0.attn.query.bias"
+
+# The shapes an adaptation takes from its source run (``train.init_from``) unless it sets them.
+# the shapes a source run fixes (model.block is checked on the weights themselves: check_block)
+SOURCE_SHAPES = ("data.max_seq_len", "model.embedding_dim", "model.num_blocks", "model.num_heads")
 
 RUN_FILE = "run.json"  # what produced a run folder (runtime.provenance) and what it was computed from
 RUN_FORMAT = "adapter4rec-run"
@@ -73,14 +78,72 @@ def check_block(cfg: Config, state: dict, source: str) -> None:
 def load_data(cfg: Config) -> RecData:
     d = cfg.data
     return build_data(d.path, d.users_file, d.items_file, d.min_seq_len, d.max_seq_len,
-                      d.with_abstract, d.unknown_items)
+                      d.with_abstract, d.unknown_items, d.user_fraction, d.fraction_seed)
+
+
+def adopt_source_shapes(cfg: Config) -> dict:
+    """An adaptation takes its model shapes from its source run; returns what it took.
+
+    When ``train.init_from`` is a run folder with a ``config.yaml``, each key of ``SOURCE_SHAPES``
+    (``data.max_seq_len``, ``model.embedding_dim``, ``model.num_blocks``, ``model.num_heads``)
+    that ``cfg`` leaves at the package default takes the source run's value;
+    one that ``cfg`` sets to a third value (neither the default nor the source's) is a one-line
+    ``ConfigError`` naming the key and both values. A value equal to the default counts as unset.
+    A checkpoint folder or a weights file has no config: nothing is taken, and the weights must
+    fit as they are. ``cfg`` is changed in place (the trainer saves it as the run's config.yaml)."""
+    if not cfg.train.init_from:
+        return {}
+    run = Path(cfg.train.init_from)
+    path = run / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"train.init_from {run}: cannot read its config.yaml "
+                          f"({str(e).splitlines()[0]})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"train.init_from {run}: its config.yaml is not a mapping")
+    defaults, adopted = Config(), {}
+    for dotted in SOURCE_SHAPES:
+        sec, key = dotted.split(".")
+        section = saved.get(sec)
+        if not isinstance(section, dict) or key not in section:  # a run made before the key existed
+            continue
+        theirs, ours = section[key], getattr(getattr(cfg, sec), key)
+        default = getattr(getattr(defaults, sec), key)
+        if type(theirs) is not type(default):
+            raise ConfigError(f"train.init_from {run}: its config.yaml has {dotted}: {theirs!r}, "
+                              f"not a {type(default).__name__}")
+        if ours == theirs:
+            continue
+        if ours != default:
+            raise ConfigError(f"config key '{dotted}' is {ours!r} but the source run {run} "
+                              f"(train.init_from) has {theirs!r}: leave the key at its default "
+                              f"to take the source's value, or pretrain with {ours!r}")
+        setattr(getattr(cfg, sec), key, theirs)
+        adopted[dotted] = theirs
+    if adopted:
+        log.info("train.init_from %s: taking the source run's %s", run,
+                 ", ".join(f"{k}={v}" for k, v in adopted.items()))
+        validate(cfg)
+    return adopted
 
 
 def prepare(cfg: Config, data: RecData | None = None, content=None, model: Recommender | None = None):
     """Data, model (+ source checkpoint when adapting, + PEFT) and content store for ``cfg``.
 
     A ``model`` passed in (built by ``build_model``, PEFT already applied or not) is used as it is:
-    no source checkpoint is loaded into it, and a method is applied only when it has none."""
+    no source checkpoint is loaded into it, and a method is applied only when it has none.
+    Otherwise an adaptation first takes its model shapes from its source run
+    (``adopt_source_shapes``)."""
+    if model is None:
+        adopted = adopt_source_shapes(cfg)
+        if data is not None and data.max_seq_len != cfg.data.max_seq_len and "data.max_seq_len" in adopted:
+            raise ConfigError(f"the data given was built with max_seq_len {data.max_seq_len} and the "
+                              f"source run {cfg.train.init_from} (train.init_from) has "
+                              f"data.max_seq_len {cfg.data.max_seq_len}: build it with "
+                              f"max_seq_len={cfg.data.max_seq_len}")
     data = data or load_data(cfg)
     if model is not None:
         return _prepared(cfg, data, model)
@@ -158,13 +221,15 @@ class Run:
                 "peft": {"method": self.summary["method"], **self.summary["options"]},
                 "frozen": dict(self.model.frozen_fingerprint_), "source": src}
 
-    def evaluate(self, splits=("valid", "test"), progress: bool = False) -> dict:
-        """{split: {"HR@k", "NDCG@k"}} with the run's evaluation settings."""
+    def evaluate(self, splits=("valid", "test"), progress: bool = False,
+                 return_ranks: bool = False):
+        """{split: {"HR@k", "NDCG@k"}} with the run's evaluation settings; with ``return_ranks``
+        ``(metrics, {split: per-user ranks})`` (``evaluation.evaluator.evaluate``)."""
         c = self.cfg
         return evaluate(self.model, self.content, self.data, self.device, splits, c.eval.k,
                         c.eval.batch_size, c.eval.item_batch_size, c.data.exclude_history,
                         self.amp, progress=progress, num_workers=c.train.num_workers,
-                        nonfinite=c.train.nonfinite)
+                        nonfinite=c.train.nonfinite, return_ranks=return_ranks)
 
 
 def build_run(cfg: Config, data: RecData | None = None, content=None, device=None,

@@ -2,13 +2,16 @@
 
     python scripts/pretrain_hm.py --backbone vit --user-encoder sasrec
     python scripts/pretrain_hm.py --backbone mae --user-encoder cpc --set train.batch_size=64
+    python scripts/pretrain_hm.py --backbone vit --user-encoder sasrec --dry-run
     torchrun --nproc_per_node 4 scripts/pretrain_hm.py --backbone vit --user-encoder sasrec
     python scripts/pretrain_hm.py --backbone vit --user-encoder sasrec --smoke   # no data needed
 
 Reads configs/pretrain/hm_<backbone>_<user-encoder>.yaml and writes the run to
-runs/pretrain/hm_<backbone>_<user-encoder> (the folder configs/adapt/amazon_*.yaml start from).
-``--smoke`` runs the same configuration for one epoch on a small synthetic image domain with a tiny
-random-weight model (under runs/smoke/), to check the whole path on any machine.
+runs/pretrain_hm_<backbone>_<user-encoder> (the folder configs/adapt/amazon_*.yaml start from;
+``--output DIR`` for another). A finished run is skipped and an interrupted one resumed by running
+the same command again; ``--overwrite`` trains it again. ``--smoke`` runs the same configuration
+for one epoch on a small synthetic image domain with a tiny random-weight model (under
+runs/smoke/), to check the whole path on any machine.
 """
 from pathlib import Path
 

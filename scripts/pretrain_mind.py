@@ -1,25 +1,21 @@
 """Pretrain BERT + SASRec (or CPC) on MIND: the source domain of scripts/adapt_adressa.py.
 
-    python scripts/pretrain_mind.py [--user-encoder cpc] [--set train.epochs=5] [--resume]
-    torchrun --nproc_per_node 4 scripts/pretrain_mind.py             # DDP, same script
+    python scripts/pretrain_mind.py                          # runs/pretrain_mind
+    python scripts/pretrain_mind.py --user-encoder cpc       # runs/pretrain_mind_cpc
+    python scripts/pretrain_mind.py --set train.epochs=5     # any config key
+    python scripts/pretrain_mind.py --set data.user_fraction=0.25   # a seeded quarter of the users
+    python scripts/pretrain_mind.py --dry-run                # check the config, show the run folder
+    torchrun --nproc_per_node 4 scripts/pretrain_mind.py     # DDP, same script
 
-Config: configs/pretrain/mind_bert[_cpc].yaml; run folder: runs/pretrain_mind[_cpc].
+Config: configs/pretrain/mind_bert[_cpc].yaml (the reference's MIND files in Dataset/MIND, see
+Dataset/README.md). A finished run is skipped and an interrupted one resumed by running the same
+command again; ``--overwrite`` trains it again. ``--output DIR``: another run folder.
 """
-import argparse
 import sys
+from pathlib import Path
 
-from adapter4rec.cli import main
+from adapter4rec.experiments.sweep import pretrain_main
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--user-encoder", default="sasrec", choices=["sasrec", "cpc"])
-    p.add_argument("--set", action="append", default=[], metavar="a.b=value")
-    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
-    a = p.parse_args()
-    suffix = "_cpc" if a.user_encoder == "cpc" else ""
-    sets = [x for s in a.set for x in ("--set", s)]
-    # through the command line: one-line errors, and a previous run is refused unless --overwrite
-    args = (["train", "--resume", f"runs/pretrain_mind{suffix}"] if a.resume else
-            ["train", "--config", f"configs/pretrain/mind_bert{suffix}.yaml", "--output", f"runs/pretrain_mind{suffix}"] + (["--overwrite"] if a.overwrite else []))
-    sys.exit(main(args + sets))
+    sys.exit(pretrain_main("mind_bert", __doc__.splitlines()[0], variants={"cpc": "mind_bert_cpc"},
+                           config_dir=Path(__file__).resolve().parents[1] / "configs" / "pretrain"))

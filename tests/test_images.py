@@ -469,11 +469,12 @@ def test_pretrain_and_adapt_scripts_smoke(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("adapt_amazon", root / "scripts" / "adapt_amazon.py")
     adapt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(adapt)
-    rows = adapt.main(["--backbone", "mae", "--user-encoder", "cpc", "--method", "houlsby,lora",
+    # one CLI style and one run layout for every script: runs/pretrain_<name>, runs/adapt_<target>/<method>
+    rows = adapt.main(["--backbone", "mae", "--user-encoder", "cpc", "--methods", "houlsby", "lora",
                        "--smoke", "--runs", str(tmp_path)])
     assert [r["method"] for r in rows] == ["houlsby", "lora"]
     assert all(0 < r["trainable"] < r["total"] for r in rows)
-    assert (tmp_path / "smoke" / "pretrain" / "hm_mae_cpc" / "metrics.json").is_file()
-    cfg = load_config(tmp_path / "smoke" / "adapt" / "amazon_mae_cpc_lora" / "config.yaml")
-    assert cfg.model.user_encoder == "cpc" and cfg.train.init_from.endswith("hm_mae_cpc")
-    assert "amazon_mae_cpc_houlsby" in capsys.readouterr().out
+    assert (tmp_path / "smoke" / "pretrain_hm_mae_cpc" / "metrics.json").is_file()
+    cfg = load_config(tmp_path / "smoke" / "adapt_amazon_mae_cpc" / "lora" / "config.yaml")
+    assert cfg.model.user_encoder == "cpc" and cfg.train.init_from.endswith("pretrain_hm_mae_cpc")
+    assert "adapt_amazon_mae_cpc/houlsby" in capsys.readouterr().out

@@ -94,7 +94,7 @@ def cache_folder(cfg, modality: str, layers: list[int] | None = None) -> Path:
     key = digest(Path(d.path).resolve(), d.users_file, d.items_file, d.min_seq_len, d.max_seq_len,
                  d.with_abstract, Path(model_dir).resolve(), cfg.model.random_init, modality,
                  Path(cfg.train.init_from).resolve() if cfg.train.init_from else "",
-                 "" if layers is None else layers)
+                 "" if layers is None else layers, d.user_fraction, d.fraction_seed)
     name = f"{_slug(Path(d.path).resolve().name)}-{_slug(Path(model_dir).name)}-{modality}-{key[:10]}"
     return cache_root(cfg) / name
 

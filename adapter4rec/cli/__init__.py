@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import Adapter4RecError
 from .cache import add_cache_parser
 from .lmdb import add_build_lmdb_parser
+from .suite import add_suite_parser
 
 
 def _train(args) -> None:
@@ -51,7 +52,8 @@ def _demo(args) -> None:
 def _report(args) -> None:
     from ..experiments.report import report
 
-    report(args.runs, args.plot, args.markdown)
+    report(args.runs, args.plot, args.markdown, csv=args.csv, plots=args.plots, pairs=args.pair,
+           auto_pairs=not args.no_auto_pairs, k=args.k, resamples=args.resamples)
 
 
 def _methods(args) -> None:
@@ -125,14 +127,28 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_demo)
 
-    r = sub.add_parser("report", help="table (and plot) of runs' metrics.json")
-    r.add_argument("runs", nargs="+", help="run folders (or parents of run folders)")
-    r.add_argument("--plot", help="write a bar chart PNG here (needs matplotlib)")
-    r.add_argument("--markdown", help="write the table as Markdown here")
+    r = sub.add_parser("report", help="tables, paired confidence intervals and plots over runs "
+                       "(docs/report.md)")
+    r.add_argument("runs", nargs="+", help="run folders (or parents of run folders, at any depth; "
+                   "subfolders and each path given are grouped apart)")
+    r.add_argument("--markdown", metavar="F.md", help="write the tables as Markdown here")
+    r.add_argument("--csv", metavar="F.csv", help="write the run table here, and F.variants.csv, "
+                   "F.pairs.csv beside it")
+    r.add_argument("--plots", metavar="DIR", help="write the PNG plots here (needs matplotlib): "
+                   "tradeoff, scaling_target, scaling_source, resources")
+    r.add_argument("--plot", metavar="F.png", help="write the trade-off plot alone here")
+    r.add_argument("--pair", action="append", default=[], metavar="A:B",
+                   help="also compare A with B (labels, run names or glob patterns); repeatable")
+    r.add_argument("--no-auto-pairs", action="store_true",
+                   help="compare only the --pair pairs (not each method with full, transfer with scratch)")
+    r.add_argument("--k", type=int, default=10, help="cut-off of the NDCG in the confidence "
+                   "intervals and the plots (default 10)")
+    r.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     r.set_defaults(func=_report)
 
     add_build_lmdb_parser(sub)
     add_cache_parser(sub)
+    add_suite_parser(sub)
 
     c = sub.add_parser("configs", help="the experiment configs shipped with the package")
     csub = c.add_subparsers(dest="configs_command", required=True)

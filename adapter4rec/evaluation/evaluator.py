@@ -127,9 +127,14 @@ def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
 def evaluate(model, content, data: RecData, device, splits=("valid", "test"), k=10,
              batch_size: int = 256, item_batch_size: int = 256, exclude_history: bool = True,
              amp_dtype=None, progress: bool = False, num_workers: int = 0,
-             nonfinite: str = "error") -> dict[str, dict[str, float]]:
+             nonfinite: str = "error", return_ranks: bool = False):
     """{split: {"HR@k", "NDCG@k"}} for each split and each cut-off ``k`` (an int or several),
     from a single item-encoding pass.
+
+    With ``return_ranks`` the result is ``(metrics, ranks)``: ``ranks[split]`` is every user's
+    rank of their target (numpy float32, users in ``data``'s order, gathered from every DDP rank;
+    1 = first, ``inf`` = never a hit), from which any HR@k / NDCG@k per user follows (the paired
+    bootstrap of ``adapter4rec report`` uses them).
 
     Item or user vectors that are not finite (a model whose weights went NaN) raise
     ``NonFiniteError`` with ``nonfinite="error"``; with ``"skip"`` they are counted and logged, a
@@ -139,11 +144,13 @@ def evaluate(model, content, data: RecData, device, splits=("valid", "test"), k=
     bad_items = int((~torch.isfinite(items[1:]).all(1)).sum())  # the same on every rank (gathered)
     if bad_items:
         _nonfinite(nonfinite, f"{bad_items} of {data.n_items} item vectors are not finite")
-    out = {}
+    out, ranks = {}, {}
     for split in splits:
         counts = {}
         r = rank_users(model, items, data, split, device, batch_size, exclude_history, amp_dtype,
                        counts, progress)
+        if return_ranks:  # every rank's contiguous share of the users, in user order
+            ranks[split] = dist.gather_rows(r, data.n_users).float().cpu().numpy()
         bad_users = int(dist.all_reduce_sum(torch.tensor([counts.get("users", 0)], device=device)))
         if bad_users:
             _nonfinite(nonfinite, f"{split}: {bad_users} of {data.n_users} user vectors are not "
@@ -156,7 +163,7 @@ def evaluate(model, content, data: RecData, device, splits=("valid", "test"), k=
             sums = dist.all_reduce_sum(torch.stack([hit, ndcg]).to(device).float())
             out[split][f"HR@{cut}"] = float(sums[0]) / data.n_users
             out[split][f"NDCG@{cut}"] = float(sums[1]) / data.n_users
-    return out
+    return (out, ranks) if return_ranks else out
 
 
 def _nonfinite(policy: str, what: str) -> None:

@@ -1,19 +1,27 @@
 """The image experiments of the study: pretraining on H&M images, adaptation to Amazon images
 (ViT or ViT-MAE item encoder, SASRec or CPC user encoder), behind ``scripts/pretrain_hm.py`` and
 ``scripts/adapt_amazon.py``. ``--smoke`` runs them for one epoch on synthetic images with a tiny
-random-weight model, to check the whole path on any machine.
+random-weight model, to check the whole path on any machine. The command line is the one of every
+script (``sweep.script_parser``: ``--methods``, ``--set``, ``--output``, ``--overwrite``,
+``--dry-run``) plus ``--backbone``, ``--user-encoder``, ``--config``, ``--runs``, ``--smoke`` (and,
+for the adaptation, ``--init-from``, ``--from-scratch``).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 from ..config import load_config
 from ..errors import Adapter4RecError
-from ..training.trainer import train
-from .sweep import format_table, run_plan
+from .sweep import (
+    format_table,
+    method_names,
+    planned,
+    pretrain,
+    report,
+    run_plan,
+    script_parser,
+)
 
 BACKBONES = ("vit", "mae")
 USER_ENCODERS = ("sasrec", "cpc")
@@ -55,56 +63,48 @@ def base_config(path: Path, method: str) -> dict:
 
 
 def pretrain_hm(argv=None, root: str | Path = ".") -> dict:
-    """``scripts/pretrain_hm.py``: source-domain pretraining on H&M images."""
+    """``scripts/pretrain_hm.py``: source-domain pretraining on H&M images. Returns the run's
+    metrics (``{}`` for ``--dry-run``); exits with status 2 on an error."""
     root = Path(root)
-    ap = argparse.ArgumentParser(description="Source-domain pretraining on H&M images")
+    ap = script_parser("Source-domain pretraining on H&M images", methods=False,
+                       output_help="the run folder (default runs/pretrain_hm_<backbone>_<user>)")
     ap.add_argument("--backbone", choices=BACKBONES, default="vit")
     ap.add_argument("--user-encoder", choices=USER_ENCODERS, default="sasrec")
     ap.add_argument("--config", help="another YAML instead of configs/pretrain/hm_<backbone>_<user>.yaml")
-    ap.add_argument("--output", help="run folder (default runs/pretrain/hm_<backbone>_<user>)")
     ap.add_argument("--runs", default="runs", help="parent of the default run folders")
-    ap.add_argument("--set", action="append", default=[], metavar="a.b=value", help="override a config key")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --output")
-    ap.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
     ap.add_argument("--smoke", action="store_true", help="one epoch on synthetic images with a tiny model")
     args = ap.parse_args(argv)
     name = f"hm_{args.backbone}_{args.user_encoder}"
     config = args.config or root / "configs" / "pretrain" / f"{name}.yaml"
     runs = Path(args.runs) / "smoke" if args.smoke else Path(args.runs)
-    out = Path(args.output) if args.output else runs / "pretrain" / name
-    sets = (smoke_overrides(runs, "source", args.backbone) if args.smoke else []) + args.set
+    out = Path(args.output) if args.output else runs / f"pretrain_{name}"
     try:
-        cfg = load_config(config, sets)
-        if not args.smoke:
-            check_data(cfg, "Dataset/HM/README.md")
-        if (out / "metrics.jsonl").exists() and not args.resume:
-            if not args.overwrite:
-                raise Adapter4RecError(f"{out} already holds a run: pass --resume to continue it, "
-                                       "--overwrite to start again there, or another --output")
-            (out / "metrics.jsonl").unlink()
-        res = train(cfg, out, resume=args.resume)
+        sets = (smoke_overrides(runs, "source", args.backbone) if args.smoke else []) + args.set
+        if not args.smoke and not args.dry_run:
+            check_data(load_config(config, sets), "Dataset/HM/README.md")
+        rows = pretrain(name, config, out, sets, args.dry_run, args.overwrite)
     except Adapter4RecError as e:
-        print(f"pretrain_hm: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    print(json.dumps({"run": str(out), "valid": res["valid"], "test": res["test"]}, indent=2))
-    return res
+        raise SystemExit(report("pretrain_hm", e))
+    print(format_table(rows))
+    if args.dry_run:
+        return {}
+    return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
 
 def adapt_amazon(argv=None, root: str | Path = ".") -> list[dict]:
-    """``scripts/adapt_amazon.py``: adaptation to Amazon images from an H&M source run."""
+    """``scripts/adapt_amazon.py``: adaptation to Amazon images from an H&M source run. Returns
+    one row per method; exits with status 2 on an error."""
     root = Path(root)
-    ap = argparse.ArgumentParser(description="Target-domain adaptation on Amazon images from an H&M source run")
+    ap = script_parser("Target-domain adaptation on Amazon images from an H&M source run",
+                       output_help="parent folder of the runs, one sub-folder per method "
+                                   "(default: runs/adapt_amazon_<b>_<u>/<method>)")
     ap.add_argument("--backbone", choices=BACKBONES, default="vit")
     ap.add_argument("--user-encoder", choices=USER_ENCODERS, default="sasrec")
-    ap.add_argument("--method", default="", help="PEFT method(s), comma separated (default: the config's)")
     ap.add_argument("--config", help="another YAML instead of configs/adapt/amazon_<backbone>_<user>.yaml")
     ap.add_argument("--init-from", help="source run folder or checkpoint (default: the config's)")
     ap.add_argument("--from-scratch", action="store_true", help="no source checkpoint (a baseline)")
-    ap.add_argument("--output", help="run folder (one method only; default runs/adapt/amazon_<b>_<u>_<method>)")
     ap.add_argument("--runs", default="runs", help="parent of the default run folders")
-    ap.add_argument("--set", action="append", default=[], metavar="a.b=value", help="override a config key")
     ap.add_argument("--smoke", action="store_true", help="one epoch on synthetic images with a tiny model")
-    ap.add_argument("--dry-run", action="store_true", help="check the configs and list the runs")
     args = ap.parse_args(argv)
     name = f"amazon_{args.backbone}_{args.user_encoder}"
     config = Path(args.config or root / "configs" / "adapt" / f"{name}.yaml")
@@ -112,11 +112,8 @@ def adapt_amazon(argv=None, root: str | Path = ".") -> list[dict]:
     try:
         if not config.is_file():
             raise Adapter4RecError(f"config file {config} does not exist")
-        methods = [m.strip() for m in args.method.split(",") if m.strip()] or [
-            load_config(config).peft.method]
-        if args.output and len(methods) > 1:
-            raise Adapter4RecError("--output names one run folder: give one --method with it")
-        source = runs / "pretrain" / f"hm_{args.backbone}_{args.user_encoder}"
+        methods = method_names(args.methods) or [load_config(config).peft.method]
+        source = runs / f"pretrain_hm_{args.backbone}_{args.user_encoder}"
         sets = []
         if args.smoke:
             sets = smoke_overrides(runs, "target", args.backbone)
@@ -129,10 +126,10 @@ def adapt_amazon(argv=None, root: str | Path = ".") -> list[dict]:
         for method in methods:  # every config is checked before the first run
             cfg = load_config(overrides=sets + args.set, base=base_config(config, method))
             tag = method + ("_scratch" if args.from_scratch else "")
-            plan.append((method, cfg, Path(args.output) if args.output else runs / "adapt" / f"{name}_{tag}"))
+            out = (Path(args.output) if args.output else runs / f"adapt_{name}") / tag
+            plan.append((method, cfg, out))
         if args.dry_run:
-            for method, cfg, out in plan:
-                print(f"{method:12} init_from={cfg.train.init_from or '-'}  ->  {out}")
+            print(format_table([planned(m, config, cfg, out) for m, cfg, out in plan]))
             return []
         if args.smoke and not args.from_scratch and not args.init_from and not (source / "metrics.json").exists():
             pretrain_hm(["--backbone", args.backbone, "--user-encoder", args.user_encoder,
@@ -140,11 +137,9 @@ def adapt_amazon(argv=None, root: str | Path = ".") -> list[dict]:
         if not args.smoke:
             for _, cfg, _ in plan:
                 check_data(cfg, "Dataset/Amazon/README.md")
-        summary = (runs / "adapt" / f"{name}_summary.json" if not args.output
-                   else Path(args.output) / "summary.json")
-        rows = run_plan(plan, summary)
+        summary = (Path(args.output) if args.output else runs / f"adapt_{name}") / "summary.json"
+        rows = run_plan(plan, summary, args.overwrite)
     except Adapter4RecError as e:
-        print(f"adapt_amazon: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(report("adapt_amazon", e))
     print(format_table(rows))
     return rows

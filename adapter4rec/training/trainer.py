@@ -6,7 +6,9 @@
 
 ``train(cfg, output)`` does both in one call. Run folder: config.yaml (resolved), train.log,
 metrics.jsonl (one line per evaluation), metrics.json (final), checkpoints/{latest,best}/ (weights +
-trainer state), and checkpoints/nonfinite/ when a non-finite loss or gradient stopped the run. Only
+trainer state), ranks.npz (every user's valid and test rank at the best epoch, for paired tests
+across runs), resources.json (peak memory and seconds per epoch: never bit-identical, so kept out of
+metrics.json), and checkpoints/nonfinite/ when a non-finite loss or gradient stopped the run. Only
 rank 0 writes.
 
 Reliability: ``train(..., resume=True)`` continues from checkpoints/latest bit-identically on CPU
@@ -21,11 +23,13 @@ import dataclasses
 import json
 import logging
 import math
+import resource
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -37,7 +41,7 @@ from ..evaluation.evaluator import unreachable_targets
 from ..pipeline import (RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, build_run, check_fingerprints,
                         read_run_file)
 from ..runtime import distributed as dist
-from ..runtime.io import FolderLock, load_into, write_text_atomic
+from ..runtime.io import FolderLock, atomic_write, load_into, write_text_atomic
 from ..runtime.logging import progress_enabled, setup_logging
 from ..runtime.provenance import environment
 from ..runtime.seed import rng_state, seed_everything, set_rng_state
@@ -47,6 +51,9 @@ from .checkpoint import (FORMAT_VERSION, find_checkpoint, load_checkpoint, remov
 from .optim import make_optimizer, make_scheduler
 
 log = logging.getLogger("adapter4rec")
+
+RANKS_FILE = "ranks.npz"  # valid / test: float32 per-user ranks (inf: never a hit); epoch
+RESOURCES_FILE = "resources.json"  # peak memory and seconds, per epoch
 
 
 class TrainingError(Adapter4RecError):
@@ -157,9 +164,11 @@ class Trainer:
         the run and what it is computed from), each written atomically."""
         cfg = copy.deepcopy(self.cfg)
         cfg.peft.options = dict(self.run.summary["options"])
-        if self.data_path != cfg.data.path:  # the data saved in the run folder
+        if self.data_path != cfg.data.path:  # the data saved in the run folder (already subsampled)
             cfg.data.path, cfg.data.users_file, cfg.data.items_file = self.data_path, "users.tsv", "items.tsv"
+            cfg.data.user_fraction = 1.0
         save_config(cfg, self.output / "config.yaml")
+        self.run.data.save_kept_users(self.output)  # users_kept.txt when data.user_fraction < 1
         info = (read_run_file(self.output) or {}) if resume else {}
         starts = info.get("starts", []) + [environment(self.run.device)]
         info.update(format=RUN_FORMAT, format_version=RUN_FORMAT_VERSION, starts=starts,
@@ -220,15 +229,21 @@ class Trainer:
         t = self.cfg.train
         stop = self.state.bad_evals >= t.patience
         while self.state.epoch < t.epochs and not stop:
+            if self.run.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.run.device)  # a peak per epoch
             record = self._train_epoch()
+            eval_seconds = None
             if self.state.epoch % t.eval_every == 0 or self.state.epoch == t.epochs:
+                t0 = time.time()
                 stop = self._evaluate(record)
+                eval_seconds = round(time.time() - t0, 3)
                 self._call("on_eval", record)
             self._call("on_epoch_end", record)
             stop = stop or self.should_stop
             if dist.is_main():
                 with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
+            self._record_resources(record, eval_seconds)
             self.save_checkpoint("latest")
         return self._finish()
 
@@ -321,18 +336,41 @@ class Trainer:
         """Evaluate after the epoch of ``record`` (updated in place), keep the best checkpoint;
         returns whether early stopping ends the run."""
         s, cfg, epoch = self.state, self.cfg, record["epoch"]
-        res = self.run.evaluate(progress=progress_enabled(cfg.train.progress) and dist.is_main())
+        res, ranks = self.run.evaluate(progress=progress_enabled(cfg.train.progress) and dist.is_main(),
+                                       return_ranks=True)
         record.update(res)
         key = f"NDCG@{cfg.eval.k}"
         if res["valid"][key] > s.best:
             s.best, s.best_epoch, s.best_valid, s.best_test, s.bad_evals = (
                 res["valid"][key], epoch, res["valid"], res["test"], 0)
             self.save_checkpoint("best")
+            if dist.is_main():  # the best epoch's per-user ranks (gathered from every rank)
+                _save_ranks(self.output / RANKS_FILE, ranks, epoch)
         else:
             s.bad_evals += 1
         log.info("epoch %d loss %.4f valid %s test %s", epoch, record["train_loss"],
                  _fmt(res["valid"]), _fmt(res["test"]))
         return s.bad_evals >= cfg.train.patience
+
+    def _record_resources(self, record: dict, eval_seconds: float | None) -> None:
+        """resources.json: the epoch's seconds and peak memory (the largest over ranks), after the
+        records of earlier epochs (those of a resumed run's lost epochs are dropped)."""
+        peaks = dist.all_gather_object(_peak_memory_mb(self.run.device))  # every rank calls
+        if not dist.is_main():
+            return
+        path = self.output / RESOURCES_FILE
+        epochs = [e for e in _read_json(path).get("epochs", [])
+                  if isinstance(e, dict) and e.get("epoch", math.inf) < record["epoch"]]
+        cuda = [p["cuda"] for p in peaks if p["cuda"] is not None]
+        epochs.append({"epoch": record["epoch"], "epoch_seconds": record["epoch_seconds"],
+                       "eval_seconds": eval_seconds,
+                       "peak_rss_mb": max(p["rss"] for p in peaks),
+                       "peak_cuda_mb": max(cuda) if cuda else None})
+        cuda_all = [e["peak_cuda_mb"] for e in epochs if e.get("peak_cuda_mb") is not None]
+        info = {"device": self.run.device.type, "world": dist.world(),
+                "peak_rss_mb": max(e["peak_rss_mb"] for e in epochs),
+                "peak_cuda_mb": max(cuda_all) if cuda_all else None, "epochs": epochs}
+        write_text_atomic(path, json.dumps(info, indent=1))
 
     def _finish(self) -> dict:
         s, summary = self.state, self.run.summary
@@ -381,13 +419,39 @@ def is_run_folder(folder: Path) -> bool:
 
 def _fresh_start(output: Path) -> None:
     """A new run in ``output``: what an earlier run left there must not mix in (nor be resumed)."""
-    old = [p for p in (output / "checkpoints", output / "metrics.jsonl", output / "metrics.json")
-           if p.exists()]
+    old = [p for p in (output / "checkpoints", output / "metrics.jsonl", output / "metrics.json",
+                       output / RANKS_FILE, output / RESOURCES_FILE) if p.exists()]
     if old:
         log.warning("new run in %s: removing the previous run's %s", output,
                     ", ".join(p.name for p in old))
     for p in old:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _save_ranks(path: Path, ranks: dict, epoch: int) -> None:
+    """ranks.npz, atomically: {split: float32 per-user ranks}, and the epoch they are of."""
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, epoch=np.int64(epoch),
+                     **{split: np.asarray(r, dtype=np.float32) for split, r in ranks.items()})
+    atomic_write(path, write)
+
+
+def _peak_memory_mb(device) -> dict:
+    """This process's peak resident memory (ru_maxrss: KiB on Linux; the whole process's life so
+    far) and, on CUDA, the peak allocated by torch since the epoch began, in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cuda = (torch.cuda.max_memory_allocated(device) / 2**20
+            if getattr(device, "type", None) == "cuda" else None)
+    return {"rss": round(rss, 1), "cuda": None if cuda is None else round(cuda, 1)}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        got = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or cut by a kill
+        return {}
+    return got if isinstance(got, dict) else {}
 
 
 def _keep_records_before(path: Path, epoch: int) -> None:
