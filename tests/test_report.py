@@ -291,3 +291,22 @@ def test_a_method_without_options_and_a_learning_rate_tuned_per_method():
                      ("houlsby lr_peft=0.0001", "full scratch", "transfer vs scratch"),
                      ("lora", "full scratch", "transfer vs scratch"),
                      ("full", "full scratch", "transfer vs scratch")}
+
+
+def test_a_suites_selection_runs_are_left_out_unless_asked_for(tmp_path):
+    import json as _json
+
+    import yaml as _yaml
+
+    from adapter4rec.experiments.report import collect_runs
+
+    suite = tmp_path / "suite"
+    for rel in ("method=full", "method=houlsby", "select/method=houlsby,lr=0.001"):
+        run = suite / rel
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(_json.dumps({"valid": {"NDCG@10": 0.1}, "test": {"NDCG@10": 0.1},
+                                                      "trainable_params": 1, "total_params": 2}))
+        (run / "config.yaml").write_text(_yaml.safe_dump({"peft": {"method": rel.split("=")[1].split(",")[0]}}))
+    (suite / "suite.json").write_text("{}")
+    assert sorted(r.path.name for r in collect_runs([str(suite)])) == ["method=full", "method=houlsby"]
+    assert [r.path.name for r in collect_runs([str(suite / "select")])] == ["method=houlsby,lr=0.001"]

@@ -199,6 +199,18 @@ def _add_derived(flat: dict) -> Path | None:
     return src.resolve()
 
 
+def _is_selection_run(run: Path, base: Path) -> bool:
+    """A suite's selection runs (``<suite>/select/...``) only chose a value for the main runs, which
+    repeat the winner: reported on their own only when asked for (``report <suite>/select``)."""
+    for parent in run.parents:
+        if parent == base.parent or parent == parent.parent:
+            return False
+        if parent.name == "select" and (parent.parent / "suite.json").is_file() \
+                and base.resolve() != parent.resolve() and parent.resolve() not in base.resolve().parents:
+            return True
+    return False
+
+
 def collect_runs(paths: list[str]) -> list[RunInfo]:
     """Every run folder under ``paths`` (each path a run or a folder of runs, at any depth).
 
@@ -210,7 +222,7 @@ def collect_runs(paths: list[str]) -> list[RunInfo]:
         base = Path(p)
         for m in sorted(base.rglob("metrics.json")):
             run = m.parent
-            if run.resolve() in seen:
+            if run.resolve() in seen or _is_selection_run(run, base):
                 continue
             seen.add(run.resolve())
             res = _read_json(m, "metrics.json", required=True)
