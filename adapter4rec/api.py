@@ -23,8 +23,7 @@ from .data.split import RecData
 from .evaluation.evaluator import evaluate as _evaluate
 from .evaluation.recommend import recommend
 from .model import Recommender, build_model
-from .pipeline import RUN_FILE, build_run, check_fingerprints, read_run_file
-from .runtime import distributed as dist
+from .pipeline import open_run
 from .runtime.io import load_into, load_weights
 from .runtime.precision import amp_dtype
 from .training.callbacks import Callback
@@ -86,17 +85,9 @@ def load_run(path: str | Path, allow_source_change: bool = False,
     included: the model is rebuilt from the run's backbone and source checkpoint
     (``train.init_from``), which must be the ones it was trained on (``run.json``; refused
     otherwise, naming what changed, unless ``allow_source_change``)."""
-    path = Path(path)
-    info = read_run_file(path)
-    cfg = load_config(path / "config.yaml")
-    run = build_run(cfg, device=device or dist.setup())
-    if info and info.get("fingerprints"):
-        check_fingerprints(info["fingerprints"], run.fingerprints(), f"run {path}",
-                           ("data", "frozen", "source"), allow_source_change)
-    load_into(run.model, load_weights(path / "checkpoints" / "best"), str(path))
-    run.model.config = cfg
-    return run.model, run.data, cfg
+    run = open_run(path, allow_source_change=allow_source_change, device=device)
+    return run.model, run.data, run.cfg
 
 
 __all__ = ["RecData", "load_config", "build_model", "train", "evaluate", "load_run", "recommend",
-           "TrainResult", "Callback", "RUN_FILE"]
+           "TrainResult", "Callback"]

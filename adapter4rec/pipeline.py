@@ -283,18 +283,17 @@ def check_fingerprints(saved: dict | None, now: dict, where: str, keys, allow_so
                               else ""))
 
 
-def evaluate_run(run: str | Path, split: str = "test", overrides: list[str] | None = None,
-                 allow_source_change: bool = False) -> dict:
-    """Rebuild a run from its folder (config + backbone + init_from + its weights) and evaluate.
+def open_run(run: str | Path, overrides: list[str] | None = None,
+             allow_source_change: bool = False, device=None) -> Run:
+    """A finished run rebuilt from its folder: config + backbone + ``init_from`` + its best
+    weights, on this process's device (``model.config`` is the run's config).
 
     Refused when the run's data, frozen weights or source checkpoint are no longer what it was
     trained on (``run.json``); ``allow_source_change`` accepts a changed source or backbone."""
     run = Path(run)
     info = read_run_file(run)
     cfg = load_config(run / "config.yaml", overrides)
-    dist.setup()
-    setup_logging()
-    r = build_run(cfg)
+    r = build_run(cfg, device=device or dist.setup())
     saved = (info or {}).get("fingerprints")
     # evaluating on other data on purpose (--set data.*) is no change of the run's own inputs
     other_data = any(o.startswith("data.") for o in overrides or [])
@@ -304,4 +303,13 @@ def evaluate_run(run: str | Path, split: str = "test", overrides: list[str] | No
     state = load_weights(run / "checkpoints" / "best")
     check_block(cfg, state, f"run {run}")
     load_into(r.model, state, str(run))
+    r.model.config = cfg
+    return r
+
+
+def evaluate_run(run: str | Path, split: str = "test", overrides: list[str] | None = None,
+                 allow_source_change: bool = False) -> dict:
+    """``open_run`` and evaluate: {split: {"HR@k", "NDCG@k"}} (``split``: valid, test or both)."""
+    setup_logging()
+    r = open_run(run, overrides, allow_source_change)
     return r.evaluate(("valid", "test") if split == "both" else (split,))

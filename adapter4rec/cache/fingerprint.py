@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..runtime.io import tensors_digest
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
                    "merges.txt", "special_tokens_map.json", "spiece.model")
@@ -48,12 +49,9 @@ def digest(*parts) -> str:
 
 
 def module_digest(module: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer of ``module`` (names, dtypes, shapes, values)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(digest(t).encode())
-    return h.hexdigest()
+    """Hash of every parameter and buffer of ``module`` (names, dtypes, shapes, values): the same
+    hash as an adapter's frozen fingerprint (``runtime.io.tensors_digest``)."""
+    return tensors_digest(module.state_dict())
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:

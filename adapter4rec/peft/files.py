@@ -37,15 +37,17 @@ META_TOWERS = "adapter4rec_towers"
 META_FROZEN = "adapter4rec_frozen"
 
 
-def frozen_fingerprint(model: nn.Module, held=None) -> dict[str, str]:
+def frozen_fingerprint(model: nn.Module, held=None, values: dict | None = None) -> dict[str, str]:
     """{tower: hash of its parameters that ``held`` (names; default: the trainable ones) does not
-    contain}: the frozen weights an adapter was trained over. A model whose backbone was released
-    for the hidden-state cache answers with the fingerprint taken before the release."""
+    contain}: the frozen weights an adapter was trained over. ``values`` (name -> tensor) stand in
+    for the model's current ones (``AdapterBank``: the backbone's own values). A model whose
+    backbone was released for the hidden-state cache answers with the fingerprint taken before
+    the release."""
     cached = getattr(model, "frozen_fingerprint_", None)
     if cached is not None and (held is None or getattr(getattr(model, "item_encoder", None),
                                                        "backbone_released", False)):
         return dict(cached)
-    params = dict(model.named_parameters())
+    params = {**dict(model.named_parameters()), **(values or {})}
     held = set(held) if held is not None else {n for n, p in params.items() if p.requires_grad}
     return {name: tensors_digest({n: p for n, p in params.items()
                                   if n.startswith(t.prefix) and n not in held})
@@ -237,11 +239,8 @@ class AdapterBank:
         own = dict(self.model.named_parameters())
         # values a domain changes are saved before any domain that holds them is active
         self.base.update({k: own[k].detach().clone() for k in state if k not in self.base})
-        held = set(state)
-        want = {k: tensors_digest({n: (self.base[n] if n in self.base else p) for n, p in own.items()
-                                   if n.startswith(t.prefix) and n not in held})
-                for k, t in model_towers(self.model).items()}
-        check_frozen(frozen, want, f"adapter {path}", self.allow_source_change)
+        have = frozen_fingerprint(self.model, held=state, values=self.base)
+        check_frozen(frozen, have, f"adapter {path}", self.allow_source_change)
         device = next(self.model.parameters()).device
         self.states[name] = {k: v.to(device) for k, v in state.items()}
         if self.active is None:
