@@ -39,6 +39,7 @@ class DataConfig:
     images: str = ""                  # LMDB image store (image items)
     image_size: int = 0               # 0: the backbone's own image size
     missing_image: str = "error"      # item without an image in the store: error | blank
+    item_features: str = ""           # id items: `item_id<TAB>feature feature ...` file (in data.path), each feature's vector summed into the item's
 
 
 @dataclass
@@ -49,7 +50,8 @@ class ModelConfig:
     image_pretrained: str = ""        # text+image items: the image backbone folder (ViT / ViT-MAE)
     pooling: str = "cls"              # cls | mean
     user_encoder: str = "sasrec"      # sasrec | cpc (same network, CPC trains on the last position)
-    block: str = "sasrec"             # sasrec (the reference's) | sasrec_bias (0.1's: biased q/k/v/out, FFN dropout)
+    block: str = "sasrec"             # sasrec (the reference's) | sasrec_bias (0.1's: biased q/k/v/out, FFN dropout) | gpsd (pre-norm RMSNorm, RoPE, SwiGLU)
+    tie_embeddings: bool = True       # id items: score targets with the input table (GPSD); false: a separate output table
     embedding_dim: int = 64           # d: item vectors, user vectors, SASRec width
     num_blocks: int = 2               # SASRec transformer blocks
     num_heads: int = 2                # SASRec attention heads
@@ -67,6 +69,9 @@ class TrainConfig:
     objective: str = "inbatch"        # bce | inbatch | sampled_softmax (default chosen on real data)
     num_negatives: int = 256          # sampled_softmax: K shared uniform negatives per batch
     with_inbatch: bool = False        # sampled_softmax: add the batch's items as negatives too
+    temperature: float = 0.0          # sampled_softmax: 0 scores by dot product; > 0 by cosine / temperature (GPSD: 0.05)
+    negatives_per: str = "batch"      # sampled_softmax: the K negatives are shared by the batch | by each sequence (GPSD)
+    transfer: str = ""                # with init_from: "" (other domain: item ID tables stay as built) | NT | FT | ST | FT&SF | ST&SF (GPSD)
     epochs: int = 50                  # upper bound; early stopping usually ends sooner
     batch_size: int = 64              # users per step (global, split across DDP ranks)
     optimizer: str = "adamw"          # adam | adamw
@@ -93,6 +98,7 @@ class TrainConfig:
     # get_linear_schedule_with_warmup); cosine: the same warmup, then cosine decay to 0.
     scheduler: str = "none"           # none | linear_warmup | cosine
     warmup_steps: int = 0             # batches of linear warmup (linear_warmup, cosine)
+    min_lr_ratio: float = 0.0         # cosine: decay to this share of the peak learning rate (GPSD: 0.1)
     progress: bool = True             # progress bars (training, evaluation), on a terminal or notebook only
     tensorboard: bool = False         # log to <run>/tensorboard: step loss, learning rates, metrics
     compile: bool = False             # torch.compile the item encoder (dynamic shapes) on first use
@@ -103,6 +109,11 @@ class EvalConfig:
     batch_size: int = 256             # users per scoring chunk
     item_batch_size: int = 256        # items per encoding batch
     k: int = 10                       # cut-off of HR@k / NDCG@k
+    metric: str = "ndcg"              # early stopping on valid: ndcg (NDCG@k) | auc (next item vs auc_negatives)
+    auc_negatives: int = 100          # auc: negatives per user, sampled with a fixed seed per user
+    auc_seed: int = 0                 # auc: seed of those negatives
+    auc_users: int = 0                # auc: score only this many users (a fixed seeded subset; 0: all), a cap for quick runs
+    auc_train: bool = True            # auc: also the train split's AUC (and loss) each epoch: the generalisation gap
 
 
 @dataclass
@@ -116,6 +127,10 @@ class CacheConfig:
     batch_size: int = 256             # items per backbone batch while building
     release_backbone: bool = True     # free the backbone's weights once the cache is attached
     rebuild: bool = False             # rebuild even when the fingerprint matches (cache build --rebuild)
+    # Frozen-prefix cache (adapter4rec/cache/prefix.py): for a method whose lowest trainable or
+    # inserted module is in backbone layer k > 0, the token states entering layer k are cached once
+    # and only layers k.. run in training and evaluation. auto: wherever that holds; off: never.
+    prefix: str = "auto"              # auto | off: frozen-prefix cache for methods in upper layers only
 
 
 @dataclass
@@ -141,6 +156,8 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
             pass
     if typ is dict and value is None:
         return {}
+    if typ is str and value is False and "off" in CHOICES.get(name, ()):
+        return "off"  # YAML 1.1 reads a bare off as false
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise ConfigError(f"config key '{name}' must be {typ.__name__}, got {type(value).__name__} {value!r}")
     return value
@@ -260,11 +277,13 @@ def _expand_environment(cfg: Config) -> None:
 CHOICES = {
     "data.unknown_items": ("error", "drop"), "data.missing_image": ("error", "blank"),
     "model.item_encoder": ("text", "image", "id", "text+image"), "model.pooling": ("cls", "mean"),
-    "model.user_encoder": ("sasrec", "cpc"), "model.block": ("sasrec", "sasrec_bias"),
-    "train.objective": ("bce", "inbatch", "sampled_softmax"), "train.optimizer": ("adam", "adamw"),
+    "model.user_encoder": ("sasrec", "cpc"), "model.block": ("sasrec", "sasrec_bias", "gpsd"),
+    "train.objective": ("bce", "inbatch", "sampled_softmax", "discriminative"),
+    "train.optimizer": ("adam", "adamw"), "train.negatives_per": ("batch", "sequence"),
+    "train.transfer": ("", "NT", "FT", "ST", "FT&SF", "ST&SF"), "eval.metric": ("ndcg", "auc"),
     "train.amp": ("auto", "bf16", "fp32"), "train.nonfinite": ("error", "skip"),
     "train.scheduler": ("none", "linear_warmup", "cosine"),
-    "cache.dtype": ("float16", "bfloat16"),
+    "cache.dtype": ("float16", "bfloat16"), "cache.prefix": ("auto", "off"),
 }
 
 
@@ -314,8 +333,45 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {cfg.model.dropout}")
     if cfg.model.embedding_dim % cfg.model.num_heads:
         raise ConfigError("model.embedding_dim must be divisible by model.num_heads")
+    _validate_gpsd(cfg)
     if cfg.model.item_encoder != "id" and not cfg.model.pretrained:
         raise ConfigError("model.pretrained must name a local model folder for text/image items")
+
+
+def _validate_gpsd(cfg: Config) -> None:
+    """The keys of GPSD's parts (docs/gpsd.md): each combination that cannot work is refused."""
+    t, m = cfg.train, cfg.model
+    if t.temperature < 0:
+        raise ConfigError(f"config key 'train.temperature' must not be negative, got {t.temperature}")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {t.min_lr_ratio}")
+    if cfg.eval.auc_users < 0:
+        raise ConfigError(f"config key 'eval.auc_users' must not be negative, got {cfg.eval.auc_users}")
+    if cfg.eval.auc_negatives < 1:
+        raise ConfigError(f"config key 'eval.auc_negatives' must be at least 1, got {cfg.eval.auc_negatives}")
+    if t.objective == "discriminative" and m.block != "gpsd":
+        raise ConfigError("config key 'train.objective' is discriminative, which needs model.block: "
+                          f"gpsd (a segment embedding marks the candidate); got model.block {m.block!r}")
+    if t.objective == "discriminative" and cfg.eval.metric != "auc":
+        raise ConfigError("config key 'eval.metric' must be auc with train.objective discriminative "
+                          "(its head scores candidates: there is no full ranking)")
+    if t.objective == "discriminative" and m.user_encoder != "sasrec":
+        raise ConfigError("config key 'model.user_encoder' must be sasrec with train.objective "
+                          "discriminative")
+    if (t.objective == "discriminative" or t.temperature > 0) and t.with_inbatch:
+        raise ConfigError("config key 'train.with_inbatch' cannot be combined with train.temperature "
+                          "> 0 or train.objective discriminative")
+    if not m.tie_embeddings and m.item_encoder != "id":
+        raise ConfigError("config key 'model.tie_embeddings' can be false only with "
+                          "model.item_encoder: id (a separate output ID table)")
+    if cfg.data.item_features and m.item_encoder != "id":
+        raise ConfigError("config key 'data.item_features' is read only with model.item_encoder: id")
+    if t.transfer in ("FT", "ST", "FT&SF", "ST&SF") and not t.init_from:
+        raise ConfigError(f"config key 'train.transfer' is {t.transfer}, which needs train.init_from "
+                          "(the generative run to transfer from)")
+    if t.transfer == "NT" and t.init_from:
+        raise ConfigError("config key 'train.transfer' is NT (no transfer) but train.init_from is "
+                          f"{t.init_from!r}: clear one of them")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

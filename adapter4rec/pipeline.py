@@ -20,10 +20,12 @@ import yaml
 
 from . import peft
 from .cache import CachedContent, attach as attach_cache
+from .cache.prefix import PrefixContent, attach_prefix
 from .cache.fingerprint import differences, digest
 from .config import Config, load_config, validate
 from .data.split import RecData, build_data
 from .errors import CheckpointError, ConfigError
+from .evaluation.auc import evaluate_auc
 from .evaluation.evaluator import evaluate
 from .model import Recommender, build_model
 from .runtime import distributed as dist
@@ -36,6 +38,13 @@ log = logging.getLogger("adapter4rec")
 
 # Item-specific parameters: they belong to the source domain's items and never transfer.
 ITEM_TABLES = ("item_encoder.table.",)
+
+# GPSD's sparse parameters: the item ID tables (gpsd-rec counts, transfers and freezes its
+# `item_embeddings` only; side-feature tables, the segment embedding and the rest are dense).
+SPARSE = ("item_encoder.table.", "item_output.")
+# train.transfer: (what is loaded from the source run, whether the sparse parameters are frozen)
+TRANSFERS = {"NT": (None, False), "FT": ("all", False), "ST": ("sparse", False),
+             "FT&SF": ("all", True), "ST&SF": ("sparse", True)}
 
 # Only the SASRec block with biases (model.block: sasrec_bias, 0.1's default) has this key.
 BIASED_BLOCK_KEY = "user_encoder.blocks.0.attn.query.bias"
@@ -148,7 +157,10 @@ def prepare(cfg: Config, data: RecData | None = None, content=None, model: Recom
     if model is not None:
         return _prepared(cfg, data, model)
     model = build_model(cfg, data, content)
-    if cfg.train.init_from:
+    transfer = None
+    if cfg.train.transfer:
+        transfer = load_transfer(cfg, model, data)
+    elif cfg.train.init_from:
         src = resolve_checkpoint(cfg.train.init_from)
         state = load_weights(src)
         check_block(cfg, state, f"train.init_from {src}")
@@ -157,11 +169,71 @@ def prepare(cfg: Config, data: RecData | None = None, content=None, model: Recom
     summary = peft.apply(model, cfg.peft.method, **cfg.peft.options)
     if _train_unpretrained_user_encoder(cfg, model):
         summary = peft.summary(model)
+    if transfer is not None:
+        summary = freeze_sparse(model, transfer)
     # taken before the cache may release the backbone's weights
     model.frozen_fingerprint_ = frozen_fingerprint(model)
     # iisan (and frozen with cache.frozen) read cached hidden states instead of running the backbone
-    model.content = attach_cache(cfg, model, data, model.content)
+    model.content = attach_prefix(cfg, model, data, attach_cache(cfg, model, data, model.content))
     return data, model, model.content, summary
+
+
+def sparse_names(model: Recommender) -> list[str]:
+    """The model's sparse parameters (``SPARSE``: the item ID tables)."""
+    return [n for n, _ in model.named_parameters() if n.startswith(SPARSE)]
+
+
+def load_transfer(cfg: Config, model: Recommender, data: RecData) -> dict:
+    """``train.transfer`` (GPSD): load the parameters the strategy transfers from the generative
+    run ``train.init_from`` (same items: its data must be this run's) and return the record of
+    what was transferred (``freeze_sparse`` adds what is frozen)."""
+    strategy = cfg.train.transfer
+    what, _ = TRANSFERS[strategy]
+    record = {"strategy": strategy, "source": None, "transferred": [], "frozen": []}
+    if what is None:
+        log.info("train.transfer NT: nothing transferred, every parameter initialised here")
+        return record
+    src = resolve_checkpoint(cfg.train.init_from)
+    state = load_weights(src)
+    check_block(cfg, state, f"train.init_from {src}")
+    info = read_run_file(src.parents[2]) if src.name == "model.safetensors" and \
+        src.parent.parent.name == "checkpoints" else None
+    theirs = ((info or {}).get("fingerprints") or {}).get("data")
+    if theirs is not None and theirs != data_digest(data):
+        raise CheckpointError(f"train.transfer {strategy}: the source run {cfg.train.init_from} was "
+                              "trained on other data (its run.json's data fingerprint differs), and "
+                              "its item ID tables only fit the same items: pretrain on this run's "
+                              "data (same data.* keys)")
+    if what == "sparse":
+        state = {k: v for k, v in state.items() if k.startswith(SPARSE)}
+        if not state:
+            raise CheckpointError(f"train.transfer {strategy}: {src} holds no item ID table "
+                                  f"({', '.join(SPARSE)}): nothing to transfer")
+    load_into(model, state, str(src))
+    own = dict(model.named_parameters())
+    record.update(source=str(src), transferred=sorted(k for k in state if k in own))
+    log.info("train.transfer %s from %s: %d parameter tensors transferred (%s)", strategy, src,
+             len(record["transferred"]), ", ".join(record["transferred"]))
+    return record
+
+
+def freeze_sparse(model: Recommender, record: dict) -> dict:
+    """Freeze the sparse parameters under ``&SF`` strategies; the run's summary (``peft.summary``)
+    with ``transfer``: the strategy, its source, the parameters transferred, the parameters frozen
+    and the dense / sparse parameter counts (GPSD's model sizes)."""
+    if TRANSFERS[record["strategy"]][1]:
+        for n, p in model.named_parameters():
+            if n.startswith(SPARSE):
+                p.requires_grad_(False)
+    params = dict(model.named_parameters())
+    record["frozen"] = sorted(n for n, p in params.items() if not p.requires_grad)
+    sparse = sparse_names(model)
+    record["sparse_params"] = sum(params[n].numel() for n in sparse)
+    record["dense_params"] = sum(p.numel() for n, p in params.items() if n not in sparse)
+    log.info("train.transfer %s: frozen %s", record["strategy"], ", ".join(record["frozen"]) or "none")
+    summary = peft.summary(model)
+    summary["transfer"] = record
+    return summary
 
 
 def _train_unpretrained_user_encoder(cfg: Config, model: Recommender) -> bool:
@@ -189,8 +261,8 @@ def _prepared(cfg: Config, data: RecData, model: Recommender):
     cfg.peft.options = {k: v for k, v in own.items() if k != "merged"}
     if getattr(model, "frozen_fingerprint_", None) is None:
         model.frozen_fingerprint_ = frozen_fingerprint(model)
-    if not isinstance(model.content, CachedContent):
-        model.content = attach_cache(cfg, model, data, model.content)
+    if not isinstance(model.content, (CachedContent, PrefixContent)):
+        model.content = attach_prefix(cfg, model, data, attach_cache(cfg, model, data, model.content))
     return data, model, model.content, peft.summary(model)
 
 
@@ -214,22 +286,41 @@ class Run:
         if c.train.init_from:
             f = resolve_checkpoint(c.train.init_from)
             src = {"path": str(f.resolve()), "digest": digest(f.read_bytes())}
-        return {"data": data_digest(self.data), "seed": c.train.seed,
-                "model": {**vars(c.model), "max_seq_len": c.data.max_seq_len,
-                          "max_title_len": c.data.max_title_len,
-                          "with_abstract": c.data.with_abstract},
-                "peft": {"method": self.summary["method"], **self.summary["options"]},
-                "frozen": dict(self.model.frozen_fingerprint_), "source": src}
+        out = {"data": data_digest(self.data), "seed": c.train.seed,
+               "model": {**vars(c.model), "max_seq_len": c.data.max_seq_len,
+                         "max_title_len": c.data.max_title_len,
+                         "with_abstract": c.data.with_abstract},
+               "peft": {"method": self.summary["method"], **self.summary["options"]},
+               "frozen": dict(self.model.frozen_fingerprint_), "source": src}
+        if c.data.item_features:  # only when set: runs without side features keep their record
+            out["item_features"] = digest(Path(c.data.path, c.data.item_features).read_bytes())
+        return out
 
     def evaluate(self, splits=("valid", "test"), progress: bool = False,
                  return_ranks: bool = False):
         """{split: {"HR@k", "NDCG@k"}} with the run's evaluation settings; with ``return_ranks``
-        ``(metrics, {split: per-user ranks})`` (``evaluation.evaluator.evaluate``)."""
+        ``(metrics, {split: per-user ranks})`` (``evaluation.evaluator.evaluate``). With
+        ``eval.metric: auc`` (and always for a discriminative model, which ranks no full catalogue)
+        also ``AUC`` (and ``loss``) per split (``evaluation.auc``); the split ``train`` has those
+        only."""
         c = self.cfg
-        return evaluate(self.model, self.content, self.data, self.device, splits, c.eval.k,
-                        c.eval.batch_size, c.eval.item_batch_size, c.data.exclude_history,
-                        self.amp, progress=progress, num_workers=c.train.num_workers,
-                        nonfinite=c.train.nonfinite, return_ranks=return_ranks)
+        out, ranks = {}, {}
+        ranking = [s for s in splits if s != "train"]  # full ranking: valid and test only
+        if self.model.yields_user_vectors and ranking:
+            out, ranks = evaluate(self.model, self.content, self.data, self.device, ranking,
+                                  c.eval.k, c.eval.batch_size, c.eval.item_batch_size,
+                                  c.data.exclude_history, self.amp, progress=progress,
+                                  num_workers=c.train.num_workers, nonfinite=c.train.nonfinite,
+                                  return_ranks=True)
+        if c.eval.metric == "auc" or not self.model.yields_user_vectors:
+            auc = evaluate_auc(self.model, self.content, self.data, self.device, splits,
+                               c.eval.auc_negatives, c.eval.auc_seed, c.eval.batch_size,
+                               c.eval.item_batch_size, self.amp, c.train.num_workers,
+                               c.train.nonfinite, c.eval.auc_users)
+            for split, res in auc.items():
+                out.setdefault(split, {}).update(res)
+        out = {s: out[s] for s in splits if s in out}
+        return (out, ranks) if return_ranks else out
 
 
 def build_run(cfg: Config, data: RecData | None = None, content=None, device=None,

@@ -22,6 +22,13 @@ Two sizes:
 
 Each figure is given in wall seconds and in process CPU seconds: with ``--threads 1`` the CPU
 seconds measure the work even when other jobs share the machine, and the wall seconds do not.
+
+Roofline (``roofline.py``): every row gives the matmul FLOPs of its encoding pass (``encode_flops``,
+counted from the shapes the modules receive) and of its ranking (``rank_flops``: the user encoder
+plus the ``users x items`` scores), and the achieved FLOP/s of each (``encode_tflops_s``,
+``rank_tflops_s``, ``eval_tflops_s``) with its fraction of the measured ``torch.mm`` 4096 x 4096 peak
+in the row's precision (``*_peak_fraction``; ``peaks`` holds it with the nominal figure and its
+derivation). The clock is wall time on CUDA and process CPU time on the CPU.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from roofline import FlopCounter, peaks, roofline, score_flops  # noqa: E402
 from train_step import SCIENTIFIC, machine, peak_mb, reset_peak, resolve_model, rss_mb  # noqa: E402
 
 
@@ -83,7 +91,7 @@ def _row(row: dict, enc: Clock, rank: Clock) -> dict:
     return row
 
 
-def scientific(args, model_dir, random_init, out: dict) -> None:
+def scientific(args, model_dir, random_init, out: dict, data_dir=SCIENTIFIC) -> None:
     """One validation pass = the item-encoding pass + ranking every user (``evaluate`` does exactly
     these two, in this order); each is timed on its own."""
     import torch
@@ -96,7 +104,7 @@ def scientific(args, model_dir, random_init, out: dict) -> None:
 
     setup_logging()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sets = [f"data.path={SCIENTIFIC}", f"model.pretrained={model_dir}",
+    sets = [f"data.path={data_dir}", f"model.pretrained={model_dir}",
             f"model.random_init={str(random_init).lower()}", "train.progress=false", "peft.method=frozen"]
     for method in ("frozen", "iisan"):
         if method == "iisan" and args.quick:
@@ -112,11 +120,13 @@ def scientific(args, model_dir, random_init, out: dict) -> None:
                "precision": "bf16" if amp else "fp32"}
         if method == "iisan":
             row["cache_prepare_wall_s"] = round(prep.wall, 2)
-        with Clock() as enc:
+        with Clock() as enc, FlopCounter(model) as enc_flops:
             items = encode_all_items(model, content, device, bs, amp)
-        with Clock() as rank:
+        with Clock() as rank, FlopCounter(model) as rank_flops:
             r = rank_users(model, items, data, "valid", device, cfg.eval.batch_size, True, amp)
         _row(row, enc, rank)
+        row["encode_flops"] = enc_flops.total
+        row["rank_flops"] = rank_flops.total + score_flops(data.n_users, *items.shape)
         ndcg = float(torch.where(r <= 10, 1 / torch.log2(r.clamp(max=1e9) + 1), torch.zeros_like(r)).mean())
         row["valid_ndcg10"] = round(ndcg, 4)
         if method == "frozen":
@@ -153,10 +163,10 @@ def encode_million(model_dir, random_init, n_items: int, device):
     tokens = np.concatenate([content.tokens[:1], titles[np.arange(n_items) % len(titles)]])
     big = TextContent(tokens, content.pad_id)
     model.to(device).eval()
-    with Clock() as enc:
+    with Clock() as enc, FlopCounter(model) as flops:
         items = encode_all_items(model, big, device, cfg.eval.item_batch_size,
                                  amp_dtype(cfg.train.amp, device), progress=True)
-    return model, items, enc
+    return model, items, enc, flops.total
 
 
 def million(args, model_dir, random_init, out: dict) -> None:
@@ -170,8 +180,9 @@ def million(args, model_dir, random_init, out: dict) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as the Scientific row
     n_items, n_users = args.million_items, args.million_users
     timed_users = n_users // 10 if args.quick else n_users
+    enc_flops_million = None
     if args.encode_million:
-        model, items, enc = encode_million(model_dir, random_init, n_items, device)
+        model, items, enc, enc_flops_million = encode_million(model_dir, random_init, n_items, device)
     else:
         torch.manual_seed(0)
         model = Recommender(torch.nn.Identity(), SASRec(64, 10)).to(device).eval()
@@ -186,7 +197,7 @@ def million(args, model_dir, random_init, out: dict) -> None:
                    seqs=seqs, max_seq_len=10)
     base = rss_mb()
     reset_peak()
-    with Clock() as rank:
+    with Clock() as rank, FlopCounter(model) as rank_flops:
         r = rank_users(model, items, data, "valid", device)
     assert len(r) == timed_users
     scale = n_users / timed_users
@@ -195,7 +206,12 @@ def million(args, model_dir, random_init, out: dict) -> None:
            "encoder": "backbone" + ("" if args.encode_million else " (encoding estimated)"),
            "encode_estimated": not args.encode_million, "rank_users_timed": timed_users,
            "rank_peak_mem_mb": round(peak_mb() - base, 1),
-           "score_chunk_users": max(1, min(256, SCORE_BUDGET // (n_items + 1)))}
+           "score_chunk_users": max(1, min(256, SCORE_BUDGET // (n_items + 1))),
+           "precision": "fp32",  # rank_users is called without autocast here
+           # FLOPs of all the users (the timed ones scaled); the encoding's only when it ran
+           "rank_flops": round((rank_flops.total + score_flops(timed_users, *items.shape)) * scale)}
+    if args.encode_million:
+        row["encode_flops"] = enc_flops_million
     out["rows"].append(_row(row, enc, rank))
 
 
@@ -232,6 +248,15 @@ def main(argv=None) -> dict:
         args.cache_dir = args.cache_dir or tmp
         scientific(args, model_dir, random_init, out)
         million(args, model_dir, random_init, out)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out["peaks"] = peaks({r["precision"] for r in out["rows"]}, device, torch.get_num_threads())
+    clock = "wall" if device == "cuda" else "cpu"  # the clock of the roofline (train_step.py's rule)
+    for r in out["rows"]:
+        pk = out["peaks"][r["precision"]]
+        if r.get("encode_flops") is not None:
+            roofline(r, r["encode_flops"], r[f"encode_{clock}_s"], pk, "encode_")
+            roofline(r, r["encode_flops"] + r["rank_flops"], r[f"eval_{clock}_s"], pk, "eval_")
+        roofline(r, r["rank_flops"], r[f"rank_{clock}_s"], pk, "rank_")
     out["wall_s"] = round(time.time() - t0, 1)
     print(f"\nevaluate — {label}, {out['machine']}, {out['torch_threads']} torch threads, {out['wall_s']:.0f} s")
     print(f"{'size':13} {'users':>7} {'items':>9} {'encoder':28} {'unit':>4} {'encode s':>9} {'rank s':>8} "
@@ -244,6 +269,15 @@ def main(argv=None) -> dict:
                   f"{r[f'rank_{unit}_s']:>8.1f} {r[f'eval_{unit}_s']:>8.1f} {r[f'eval_vs_encode_{unit}']:>6.3f} {ref:>10}")
     print("ratio: (encoding + ranking) / encoding.  * estimated from the measured items/s of the encoding "
           "pass.  cpu: process CPU seconds (the robust figure on a shared machine with one thread)")
+    print(f"\nroofline ({clock} clock)       {'encode TFLOP/s':>15} {'peak':>6} {'rank TFLOP/s':>13} {'peak':>6}")
+    for r in out["rows"]:
+        def f(key, fmt):
+            return format(r[key], fmt) if r.get(key) is not None else "-"
+        print(f"{r['size']:13} {r['encoder'][:14]:14} {f('encode_tflops_s', '.4f'):>15} "
+              f"{f('encode_peak_fraction', '.1%'):>6} {f('rank_tflops_s', '.4f'):>13} {f('rank_peak_fraction', '.1%'):>6}")
+    for p, v in out["peaks"].items():
+        print(f"peak {p}: torch.mm {v['n']}x{v['n']} {v['flops_s'] / 1e12:.3f} TFLOP/s measured ({v['clock']}); "
+              f"nominal: {v['nominal_derivation']}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2), encoding="utf-8")
     return out

@@ -11,6 +11,10 @@ Rows (each in its own subprocess, one after the other, so that peak memory is th
   once, padding never encoded, titles trimmed to the batch's longest, ``train.amp: auto`` (bf16 on
   CUDA and on CPUs with bf16 matrix units), frozen prefix without autograd;
 - ``houlsby-fp32``: the same in fp32 (bf16 accuracy is checked against it: same init, same batches);
+- ``houlsby-top2`` / ``houlsby-top2-prefix``: houlsby in the top 2 backbone layers only
+  (``peft.options.layers: {item: [-2, -1]}``), ``cache.prefix: off`` / ``auto``: without and with
+  the frozen-prefix cache (the hidden states entering the lowest adapted layer, built once before
+  the row like the iisan cache; its build time and size are reported apart);
 - ``iisan-cached``: the decoupled side network reading the hidden-state cache (built once, before
   the row; its build time is reported apart) -- the backbone never runs; ``iisan-uncached``: the
   same side network with the frozen backbone run (forward only, no gradient) every step.
@@ -29,7 +33,16 @@ Speeds are given from wall-clock time (``sequences_per_s``, ``ratios``) and from
 time (``cpu_sequences_per_s``, ``ratios_cpu``): with ``--threads 1`` CPU time measures the work even
 when other jobs share the cores, which wall-clock time does not.
 
-Data: ../shared/datasets/amazon-scientific (synthetic data when absent). ``--quick`` (about 3 minutes
+Roofline (``roofline.py``): ``flops_per_step`` is the matmul FLOPs of a step, forward and backward,
+counted from the shapes each module receives over the timed steps (the tokens actually processed);
+the backward counts weight gradients only where weights train and input gradients only above the
+lowest trainable layer. ``tflops_s`` is that over the step's time (wall on CUDA, process CPU time on
+the CPU) and ``peak_fraction`` its share of the best ``torch.mm`` 4096 x 4096 in the row's
+precision, measured in the same run (``peaks``: with the nominal figure and its derivation, for
+the CPU cores x clock x FLOP/cycle of the threads the rows use).
+
+Data: amazon-scientific in $A4R_SHARED/datasets, else in shared/ of the checkout, else in
+../shared (synthetic data when absent). ``--quick`` (about 3 minutes
 on 2 idle CPU cores) times 1 step of the reference rows and 3 of the others.
 CPU time is shared with whatever else runs on the machine: compare figures within one run.
 """
@@ -47,7 +60,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+# the shared datasets and model configs: $A4R_SHARED, else shared/ inside the checkout (where a
+# copied tree carries them, as on the GPU machine), else ../shared beside it
+SHARED = Path(os.environ.get("A4R_SHARED") or
+              (ROOT / "shared" if (ROOT / "shared" / "datasets").is_dir() else ROOT.parent / "shared"))
 SCIENTIFIC = SHARED / "datasets" / "amazon-scientific"
 CONFIGS = SHARED / "pretrained_configs"
 
@@ -80,7 +97,10 @@ def rss_mb() -> float:
 
 def reset_peak() -> None:
     """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS."""
-    Path("/proc/self/clear_refs").write_text("5")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # a sandbox without it (on CUDA the peak is torch's anyway)
+        pass
 
 
 def peak_mb() -> float:
@@ -116,11 +136,61 @@ def reference_loss(model, batch, tokens, pad_id):
             + F.binary_cross_entropy_with_logits(n, torch.zeros_like(n)))
 
 
+# rows of houlsby in the top 2 backbone layers: without and with the frozen-prefix cache
+PREFIX_ROWS = {"houlsby-top2": "off", "houlsby-top2-prefix": "auto"}
+# rows whose cache is built once, in its own process, before the row (its build time reported apart)
+CACHED_ROWS = ("iisan-cached", "houlsby-top2-prefix")
+
+
+def has_prefix_cache() -> bool:
+    """Whether this version's config has ``cache.prefix`` (the frozen-prefix cache)."""
+    from adapter4rec.config import CacheConfig
+
+    return "prefix" in CacheConfig.__dataclass_fields__
+
+
+def folder_mb(folder: str) -> float:
+    p = Path(folder)
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20 if p.is_dir() else 0.0
+
+
+def cache_summary(content, folder: str, before_mb: float) -> dict:
+    """Encoding seconds of the caches ``content`` reads, and what ``folder`` grew by (the rows
+    share one cache folder)."""
+    caches = getattr(content, "caches", None) or {}
+    if hasattr(content, "cache"):  # the frozen-prefix cache (cache.prefix.PrefixContent)
+        caches = {"prefix": content.cache}
+    secs = sum(c.index.get("build_seconds", 0.0) for c in caches.values() if hasattr(c, "index"))
+    return {"build_seconds": secs, "cache_mb": round(folder_mb(folder) - before_mb, 1)}
+
+
+def method_sets(method: str) -> list[str]:
+    """The config overrides of a row beyond the common ones."""
+    peft_method = {"reference": "houlsby", "reference-full": "full", "houlsby-fp32": "houlsby",
+                   "iisan-cached": "iisan", "iisan-uncached": "iisan"}.get(method, method)
+    sets = [f"peft.method={peft_method}"]
+    if method in PREFIX_ROWS:
+        sets = ["peft.method=houlsby", "peft.options.layers={item: [-2, -1]}"]
+        if method.endswith("prefix") or has_prefix_cache():  # without the key there is no prefix cache
+            sets.append(f"cache.prefix={PREFIX_ROWS[method]}")
+    if method.startswith("reference") or method.endswith("fp32"):
+        sets.append("train.amp=fp32")
+    if method == "iisan-uncached":
+        sets.append("cache.enabled=false")
+    return sets
+
+
 def worker(spec: dict) -> dict:
+    """One row, in this process. ``spec``: method, data, model, random_init, seq_len, batch,
+    cache_dir, steps, threads; optional ``sets`` (more config overrides), ``prebuild`` (build the
+    timed batches before timing: the trainer's DataLoader workers overlap that work), ``eval``
+    (false: no validation pass), ``build_only`` (prepare the row, i.e. build its cache, and stop)."""
     import gc
     import statistics
 
     import torch
+
+    from roofline import FlopCounter
 
     from adapter4rec.config import load_config
     from adapter4rec.data.batching import TrainBatches
@@ -137,23 +207,17 @@ def worker(spec: dict) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = rss_mb()
     method = spec["method"]
-    peft_method = {"reference": "houlsby", "reference-full": "full", "houlsby-fp32": "houlsby",
-                   "iisan-cached": "iisan", "iisan-uncached": "iisan"}.get(method, method)
     sets = [f"data.path={spec['data']}", f"model.pretrained={spec['model']}",
             f"model.random_init={str(spec['random_init']).lower()}",
-            f"data.max_seq_len={spec['seq_len']}", "data.max_title_len=30", f"peft.method={peft_method}",
+            f"data.max_seq_len={spec['seq_len']}", "data.max_title_len=30",
             "train.objective=bce", f"train.batch_size={spec['batch']}", "train.progress=false",
             f"cache.dir={spec['cache_dir']}", "train.seed=7", "train.lr_backbone=5e-5"]
-    if method.startswith("reference") or method.endswith("fp32"):
-        sets.append("train.amp=fp32")
-    if method == "iisan-uncached":
-        sets.append("cache.enabled=false")
-    cfg = load_config(overrides=sets)
+    cfg = load_config(overrides=sets + method_sets(method) + list(spec.get("sets", ())))
     seed_everything(cfg.train.seed)
+    before_mb = folder_mb(spec["cache_dir"])
     data, model, content, summary = prepare(cfg)
     if spec.get("build_only"):
-        return {"method": method, "build_seconds": sum(c.index.get("build_seconds", 0.0)
-                                                       for c in content.caches.values())}
+        return {"method": method, **cache_summary(content, spec["cache_dir"], before_mb)}
     model.to(device).train()
     amp = amp_dtype(cfg.train.amp, device)
     batches = TrainBatches(data, content, cfg.train.batch_size, "bce", seed=cfg.train.seed)
@@ -161,6 +225,8 @@ def worker(spec: dict) -> dict:
     reference = method.startswith("reference")
     tokens = getattr(content, "tokens", None)
     pad_id = getattr(content, "pad_id", 0)
+    if reference and tokens is None:
+        raise SystemExit("reference mode encodes title tokens: it has no image or cached variant")
 
     def step(b):
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -182,21 +248,25 @@ def worker(spec: dict) -> dict:
     step(batches[0])  # warm-up (another epoch's first batch): allocator, optimizer state
     batches.set_epoch(0)
     steps = min(spec["steps"], len(batches))
+    get = [batches[s] for s in range(steps)].__getitem__ if spec.get("prebuild") else batches.__getitem__
     times, cpu_times, losses = [], [], []
     sync()
     t_epoch = time.perf_counter()
-    for s in range(steps):
-        t, c = time.perf_counter(), time.process_time()
-        losses.append(step(batches[s]))
-        sync()
-        times.append(time.perf_counter() - t)
-        cpu_times.append(time.process_time() - c)
+    with FlopCounter(model) as flops:  # the matmul FLOPs of the timed steps (roofline.py's rule)
+        for s in range(steps):
+            t, c = time.perf_counter(), time.process_time()
+            losses.append(step(get(s)))
+            sync()
+            times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
     epoch_s = time.perf_counter() - t_epoch
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_mb() - base)
-    t = time.perf_counter()
-    res = evaluate(model, content, data, device, splits=("valid",), amp_dtype=amp)
-    eval_s = time.perf_counter() - t
-    users = sum(len(batches[s]["inp"]) for s in range(steps))
+    res, eval_s = None, None
+    if spec.get("eval", True):
+        t = time.perf_counter()
+        res = evaluate(model, content, data, device, splits=("valid",), amp_dtype=amp)
+        eval_s = round(time.perf_counter() - t, 2)
+    users = sum(len(get(s)["inp"]) for s in range(steps))
     return {"method": method, "max_seq_len": spec["seq_len"], "precision": "bf16" if amp else "fp32",
             "sequences_per_s": round(users / sum(times), 2), "step_s": round(statistics.median(times), 3),
             "cpu_sequences_per_s": round(users / sum(cpu_times), 3),
@@ -204,9 +274,15 @@ def worker(spec: dict) -> dict:
             "peak_mem_mb": round(peak, 1), "peak_rss_mb": round(peak_mb(), 1),
             # the whole slice's epoch: measured, or (reference rows, fewer steps timed) scaled up
             "epoch_s": round(epoch_s * len(batches) / steps, 2), "epoch_estimated": steps < len(batches),
-            "epoch_steps_timed": steps, "epoch_steps": len(batches), "timed_users": users, "eval_s": round(eval_s, 2),
-            "valid_ndcg10": round(res["valid"]["NDCG@10"], 4), "mean_loss": round(sum(losses) / len(losses), 4),
-            "trainable_params": summary["trainable"], "items": data.n_items}
+            "epoch_steps_timed": steps, "epoch_steps": len(batches), "timed_users": users, "eval_s": eval_s,
+            "valid_ndcg10": round(res["valid"]["NDCG@10"], 4) if res else None,
+            "mean_loss": round(sum(losses) / len(losses), 4),
+            "trainable_params": summary["trainable"], "items": data.n_items,
+            "mean_step_s": round(sum(times) / steps, 4),
+            # roofline: matmul FLOPs of a step (forward + backward) and the clock they are divided
+            # by -- wall on CUDA; process CPU time on the CPU, the robust figure with one thread
+            "flops_per_step": flops.total // steps, "flops_forward_per_step": flops.forward // steps,
+            "flops_clock_s": sum(times) / steps if device.type == "cuda" else sum(cpu_times) / steps}
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -254,13 +330,17 @@ def print_table(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
     cols = [("method", 14, "s"), ("max_seq_len", 4, "d"), ("precision", 5, "s"), ("sequences_per_s", 9, ".2f"),
             ("step_s", 8, ".3f"), ("cpu_step_s", 8, ".3f"), ("peak_mem_mb", 9, ".0f"), ("epoch_s", 8, ".1f"),
-            ("eval_s", 7, ".1f"), ("valid_ndcg10", 7, ".4f"), ("mean_loss", 7, ".4f")]
+            ("eval_s", 7, ".1f"), ("valid_ndcg10", 7, ".4f"), ("mean_loss", 7, ".4f"),
+            ("gflop_step", 9, ".1f"), ("tflops_s", 8, ".4f"), ("peak_fraction", 6, ".1%")]
     heads = {"method": "method", "max_seq_len": "L", "precision": "prec", "sequences_per_s": "seq/s",
              "step_s": "step s", "cpu_step_s": "cpu s", "peak_mem_mb": "peak MB", "epoch_s": "epoch s", "eval_s": "eval s",
-             "valid_ndcg10": "NDCG10", "mean_loss": "loss"}
+             "valid_ndcg10": "NDCG10", "mean_loss": "loss", "gflop_step": "GFLOP/st",
+             "tflops_s": "TFLOP/s", "peak_fraction": "peak"}
     print(" ".join(f"{heads[c]:>{w}}" if f != "s" else f"{heads[c]:<{w}}" for c, w, f in cols))
     for r in rows:
-        print(" ".join(f"{r[c]:<{w}}" if f == "s" else f"{r[c]:>{w}{f}}" for c, w, f in cols))
+        r = {**r, "gflop_step": r["flops_per_step"] / 1e9}
+        print(" ".join(f"{r[c]:<{w}}" if f == "s" else f"{'-':>{w}}" if r.get(c) is None else f"{r[c]:>{w}{f}}"
+                       for c, w, f in cols))
 
 
 def main(argv=None) -> dict:
@@ -273,7 +353,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seq-lens", default="10,20", help="max_seq_len values (reference and houlsby rows)")
     ap.add_argument("--methods", default=None,
                     help="default: reference,reference-full,houlsby,houlsby-fp32,full,lora,iisan-uncached,"
-                         "iisan-cached (--quick: without reference-full and iisan-uncached)")
+                         "iisan-cached,houlsby-top2,houlsby-top2-prefix (--quick: without reference-full, "
+                         "iisan-uncached and the top-2 rows)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads per row (0: PyTorch's default, one per core); 1 is steadier "
                          "on a CPU that other jobs share")
@@ -291,7 +372,11 @@ def main(argv=None) -> dict:
     seq_lens = [int(x) for x in args.seq_lens.split(",")]
     methods = (args.methods or ("reference,houlsby,houlsby-fp32,full,lora,iisan-cached" if args.quick else
                                 "reference,reference-full,houlsby,houlsby-fp32,full,lora,iisan-uncached,"
-                                "iisan-cached")).split(",")
+                                "iisan-cached,houlsby-top2,houlsby-top2-prefix")).split(",")
+    known = {"reference", "reference-full", "houlsby", "houlsby-fp32", "full", "lora", "iisan-uncached",
+             "iisan-cached", *PREFIX_ROWS}
+    if set(methods) - known:
+        raise SystemExit(f"unknown --methods {', '.join(sorted(set(methods) - known))} (known: {', '.join(sorted(known))})")
     t_all = time.time()
     with tempfile.TemporaryDirectory(prefix="a4r-bench-") as tmp:
         tmp = Path(tmp)
@@ -304,18 +389,30 @@ def main(argv=None) -> dict:
             for L in lens:
                 specs.append({**common, "method": m, "seq_len": L,
                               "steps": ref_steps if m.startswith("reference") else steps})
-        cache_build_s = None
+        builds = {}
         rows = []
         load = [round(os.getloadavg()[0], 2)]
         for spec in specs:
-            if spec["method"] == "iisan-cached" and cache_build_s is None:
+            if spec["method"] in CACHED_ROWS and spec["method"] not in builds:
                 t = time.perf_counter()  # build the cache in its own process: the row then opens it
                 built = run_worker({**spec, "build_only": True})
-                cache_build_s = {"encode_s": round(built["build_seconds"], 2),
-                                 "process_s": round(time.perf_counter() - t, 2)}
+                builds[spec["method"]] = {"encode_s": round(built["build_seconds"], 2),
+                                          "process_s": round(time.perf_counter() - t, 2),
+                                          "cache_mb": built["cache_mb"]}
             print(f"... {spec['method']} L={spec['seq_len']}", file=sys.stderr, flush=True)
             rows.append(run_worker(spec))
         load.append(round(os.getloadavg()[0], 2))
+        cache_build_s = builds.get("iisan-cached")
+        import torch
+
+        from roofline import peaks, roofline
+
+        if args.threads:  # the peak is measured with the rows' thread count
+            torch.set_num_threads(args.threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        peak = peaks({r["precision"] for r in rows}, device, torch.get_num_threads())
+        for r in rows:
+            roofline(r, r["flops_per_step"], r["flops_clock_s"], peak[r["precision"]])
 
     def find(method, L=seq_lens[0]):
         return next((r for r in rows if r["method"] == method and r["max_seq_len"] == L), None)
@@ -332,6 +429,9 @@ def main(argv=None) -> dict:
         if h and c:
             out["cached_vs_houlsby"] = round(c[key] / h[key], 2)
             out["cached_mem_vs_houlsby"] = round(c["peak_mem_mb"] / h["peak_mem_mb"], 3)
+        t2, t2p = find("houlsby-top2"), find("houlsby-top2-prefix")
+        if t2 and t2p:
+            out["prefix_vs_no_prefix"] = round(t2p[key] / t2[key], 2)
         for other, name in (("houlsby-fp32", "houlsby_bf16_vs_fp32"), ("iisan-uncached", "cached_vs_uncached"),
                             ("full", "houlsby_vs_full")):
             o = find(other)
@@ -344,7 +444,8 @@ def main(argv=None) -> dict:
     info["torch_threads"] = args.threads or info["torch_threads"]
     result = {"machine": info["name"], "machine_info": info, "model": label, "batch": args.batch,
               "data": "amazon-scientific" if (SCIENTIFIC / "users.tsv").is_file() else "synthetic",
-              "epoch_users": steps * args.batch, "cache_build_s": cache_build_s,
+              "epoch_users": steps * args.batch, "cache_build_s": cache_build_s, "cache_builds": builds,
+              "peaks": peak,
               "load_average_1min": load, "wall_s": round(time.time() - t_all, 1), "rows": rows,
               "ratios": ratios, "ratios_cpu": ratios_cpu}
     print_table(rows, f"train_step — {label}, batch {args.batch}, {info['name']}, "
@@ -352,9 +453,13 @@ def main(argv=None) -> dict:
                       f"{result['wall_s']:.0f} s")
     print("ratios (wall clock):", json.dumps(ratios))
     print("ratios (CPU time):  ", json.dumps(ratios_cpu))
-    if cache_build_s is not None:
-        print(f"hidden-state cache build (once, {rows[0]['items']} items): {cache_build_s['encode_s']} s "
-              f"encoding, {cache_build_s['process_s']} s for the whole process")
+    for m, b in builds.items():
+        print(f"cache build for {m} (once, {rows[0]['items']} items): {b['encode_s']} s encoding, "
+              f"{b['process_s']} s for the whole process, {b['cache_mb']} MB")
+    for p, v in peak.items():
+        nominal = f"{v['nominal_flops_s'] / 1e12:.3f} TFLOP/s" if v["nominal_flops_s"] else "unknown"
+        print(f"peak {p}: torch.mm {v['n']}x{v['n']} {v['flops_s'] / 1e12:.3f} TFLOP/s measured "
+              f"({v['clock']}); nominal {nominal} ({v['nominal_derivation']})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result

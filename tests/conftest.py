@@ -14,6 +14,17 @@ torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_root(tmp_path_factory):
+    """Hidden-state and frozen-prefix caches of runs that name no cache.dir go to a temporary
+    folder, not the user's ~/.cache/adapter4rec."""
+    import os
+
+    if "ADAPTER4REC_CACHE" not in os.environ:
+        os.environ["ADAPTER4REC_CACHE"] = str(tmp_path_factory.mktemp("a4r-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def domains(tmp_path_factory):
     """(source_dir, target_dir): small synthetic transfer pair."""

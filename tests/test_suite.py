@@ -273,8 +273,40 @@ def test_selection_with_named_values_and_per_named_axis(tmp_path, domains, monke
     done = run_suite(p, echo=lambda _: None)
     assert {g: v["choice"] for g, v in done["selection"].items()} == {
         "method=adapter": "large", "method=low_rank": "small"}
-    main = {o.name: cfg for o, cfg, _ in calls if o.parent == out}
-    assert main["method=adapter"].train.lr == 1e-3 and main["method=low_rank"].train.lr == 1e-4
+    # each main run has its winner's very config: it is that selection run (linked, not retrained)
+    assert not [o for o, _, _ in calls if o.parent == out]
+    assert statuses(out)["method=adapter"] == statuses(out)["method=low_rank"] == "reused"
+    assert (out / "method=adapter").resolve() == (out / "select" / "method=adapter,lr=large").resolve()
+    assert (out / "method=low_rank").resolve() == (out / "select" / "method=low_rank,lr=small").resolve()
+
+
+def test_main_run_identical_to_the_winning_selection_run_reuses_it(tmp_path, domains, monkeypatch):
+    """Selecting at 10% of the users and then running the winner at 10% again would train the
+    same config twice: the main run links the selection run's folder instead."""
+    out = tmp_path / "out"
+    p = write(tmp_path, {
+        "set": quick(domains[1]),
+        "grid": {"peft.method": ["houlsby"], "data.user_fraction": [0.5, 1.0]},
+        "select": {"key": "train.lr_peft", "values": [1e-4, 1e-3], "per": ["peft.method"],
+                   "set": {"data.user_fraction": 0.5}},
+        "output": str(out)})
+    calls = []
+    monkeypatch.setattr(suite_mod, "train", fake_train({("houlsby", 1e-4): 0.1, ("houlsby", 1e-3): 0.2}, calls))
+    lines = []
+    done = run_suite(p, echo=lines.append)
+    trained = [o.name for o, _, _ in calls]
+    assert trained == ["method=houlsby,lr_peft=0.0001", "method=houlsby,lr_peft=0.001",
+                       "method=houlsby,user_fraction=1"], trained
+    rows = {r["name"]: r for r in done["runs"]}
+    twin = out / "method=houlsby,user_fraction=0.5"
+    assert rows[twin.name]["status"] == "reused" and twin.is_symlink()
+    assert twin.resolve() == (out / "select" / "method=houlsby,lr_peft=0.001").resolve()
+    assert json.loads((twin / "metrics.json").read_text())["valid"]["NDCG@10"] == 0.2
+    assert any("its run, linked" in line for line in lines)
+    calls.clear()
+    assert statuses(out)[twin.name] == "reused"
+    again = run_suite(p, echo=lambda _: None)  # finished: skipped, nothing trains
+    assert calls == [] and {r["name"]: r["status"] for r in again["runs"]}[twin.name] == "skipped"
 
 
 # ------------------------------------------------------------------------------ validation

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from ..cache import load_index
+from ..cache import CachedContent, load_index
+from ..cache.prefix import PrefixContent
 from ..config import load_config
 from ..errors import ConfigError
 from ..pipeline import build_run
@@ -11,7 +12,7 @@ from ..runtime.logging import setup_logging
 
 
 def add_cache_parser(subparsers) -> None:
-    c = subparsers.add_parser("cache", help="build or inspect the hidden-state cache (peft.method iisan)")
+    c = subparsers.add_parser("cache", help="build or inspect the hidden-state cache (iisan, cached frozen, frozen prefix)")
     sub = c.add_subparsers(dest="cache_command", required=True)
     b = sub.add_parser("build", help="encode every item once with the frozen backbone (as a run would)")
     b.add_argument("--config", help="experiment YAML (the run's config)")
@@ -27,13 +28,18 @@ def _build_main(args) -> None:
     cfg = load_config(args.config, args.set)
     cfg.train.progress = True
     setup_logging()
-    if cfg.peft.method != "iisan" and not (cfg.peft.method == "frozen" and cfg.cache.frozen):
-        raise ConfigError(f"peft.method {cfg.peft.method!r} reads no cached hidden states (iisan does; "
-                          "frozen does with cache.frozen: true)")
     if not cfg.cache.enabled:
         raise ConfigError("cache.enabled is false in this config")
     cfg.cache.rebuild = args.rebuild or cfg.cache.rebuild
     content = build_run(cfg).content
+    if isinstance(content, PrefixContent):
+        c = content.cache
+        print(f"frozen prefix (layers 0..{content.layer - 1}): {c.folder} {list(c.shape)} {c.dtype}")
+        return
+    if not isinstance(content, CachedContent):
+        raise ConfigError(f"peft.method {cfg.peft.method!r} with these options reads no cached hidden states "
+                          "(iisan does; frozen does with cache.frozen: true; a method inserted in upper "
+                          "layers only does with cache.prefix: auto)")
     for m, c in content.caches.items():
         print(f"{m}: {c.folder} {list(c.shape)} {c.dtype} layers {c.layers}")
 

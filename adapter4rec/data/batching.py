@@ -77,9 +77,13 @@ class TrainBatches(torch.utils.data.Dataset):
 
     def __init__(self, data: RecData, content, batch_size: int, objective: str = "bce",
                  num_negatives: int = 0, seed: int = 0, rank: int = 0, world: int = 1,
-                 last_only: bool = False):
+                 last_only: bool = False, negatives_per: str = "batch", with_inbatch: bool = True):
         self.data, self.content, self.bs = data, content, batch_size
         self.objective, self.k, self.seed = objective, num_negatives, seed
+        self.negatives_per = negatives_per  # sampled_softmax: batch | sequence (GPSD)
+        # sampled_softmax reads `own` (each user's items among the batch's) only with in-batch
+        # negatives; building it is most of a large catalogue's batch time
+        self.with_inbatch = with_inbatch
         self.rank, self.world, self.last_only = rank, world, last_only
         self.epoch = 0
         self.train = [data.train_seq(u) for u in range(data.n_users)]
@@ -100,6 +104,8 @@ class TrainBatches(torch.utils.data.Dataset):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.data.n_users)
         users = order[step * self.bs:(step + 1) * self.bs]
         L = self.data.max_seq_len
+        if self.objective == "discriminative":
+            return self._candidates(step, users)
         seqs = np.stack([left_pad(self.train[u], L + 1) for u in users])
         inp = seqs[:, :-1]
         tgt = np.where(inp > 0, seqs[:, 1:], 0)  # a position is trained only where it has an input
@@ -109,14 +115,16 @@ class TrainBatches(torch.utils.data.Dataset):
         extra = []
         if self.objective == "bce":
             extra.append(np.where(tgt > 0, self._negatives(users, tgt.shape, rng), 0))
-        elif self.objective == "sampled_softmax":
-            extra.append(rng.integers(1, self.data.n_items + 1, size=self.k))
+        elif self.objective == "sampled_softmax":  # [K], or [B, K] (each sequence its own)
+            per_seq = self.negatives_per == "sequence"
+            extra.append(rng.integers(1, self.data.n_items + 1,
+                                      size=(len(users), self.k) if per_seq else self.k))
         ids, (inp_i, tgt_i, *extra_i) = unique_index(inp, tgt, *extra)
         n_global = int((tgt > 0).sum())
         # this rank's slice of the users, and its shard of the distinct items to encode
         rows = np.array_split(np.arange(len(users)), self.world)[self.rank]
         users, inp_i, tgt_i = users[rows], inp_i[rows], tgt_i[rows]
-        if self.objective == "bce":
+        if self.objective == "bce" or extra and extra[0].ndim == 2:
             extra_i[0] = extra_i[0][rows]
         lo, hi = shard_range(len(ids), self.rank, self.world)
         batch = {"ids": torch.from_numpy(ids), "content": self.content.get(ids[lo:hi]),
@@ -127,13 +135,30 @@ class TrainBatches(torch.utils.data.Dataset):
             batch["neg"] = torch.from_numpy(extra_i[0])
         elif self.objective == "sampled_softmax":
             batch["shared_neg"] = torch.from_numpy(extra_i[0])
-        if self.objective != "bce":
+        if self.objective == "inbatch" or (self.objective == "sampled_softmax" and self.with_inbatch):
             # own[b, j]: item ids[j - 1] is in user b's training sequence (masked as a negative)
             own = np.zeros((len(users), len(ids) + 1), dtype=bool)
             for b, u in enumerate(users):
                 own[b, np.searchsorted(ids, np.intersect1d(self.seen[u], ids)) + 1] = True
             batch["own"] = torch.from_numpy(own)
         return batch
+
+    def _candidates(self, step: int, users: np.ndarray) -> dict:
+        """GPSD's discriminative batch: each user's training sequence but its last item as the
+        history, and two candidates, that last item (label 1) and one sampled unseen item (0)."""
+        L, rng = self.data.max_seq_len, self._rng(step)
+        hist = np.stack([left_pad(self.train[u][:-1], L) for u in users])
+        pos = np.array([self.train[u][-1] for u in users], dtype=np.int64)[:, None]
+        cand = np.concatenate([pos, self._negatives(users, pos.shape, rng)], 1)
+        label = np.tile(np.array([1.0, 0.0], dtype=np.float32), (len(users), 1))
+        ids, (inp_i, cand_i) = unique_index(hist, cand)
+        rows = np.array_split(np.arange(len(users)), self.world)[self.rank]
+        lo, hi = shard_range(len(ids), self.rank, self.world)
+        return {"ids": torch.from_numpy(ids), "content": self.content.get(ids[lo:hi]),
+                "inp": torch.from_numpy(inp_i[rows]), "cand": torch.from_numpy(cand_i[rows]),
+                "tgt": torch.from_numpy(cand_i[rows]),  # the trained positions (loss weighting)
+                "label": torch.from_numpy(label[rows]), "log_pop": torch.from_numpy(self.log_pop[ids]),
+                "global_positions": torch.tensor(int(cand.size))}
 
     def _negatives(self, users: np.ndarray, shape: tuple, rng: np.random.Generator) -> np.ndarray:
         """One uniform negative per position among items the user has not interacted with."""

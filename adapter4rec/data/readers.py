@@ -120,29 +120,55 @@ def read_items(path, with_abstract=False):
     return items
 
 
+def _records(path, key: str, expect: str, empty: str, duplicate: str = ""):
+    """``(line number, id, tokens)`` of each line ``id<TAB>token token ...`` of ``path``; a line
+    without exactly one tab, an empty id, no token or a repeated id is a ``DataError`` naming the
+    file and line (``key``: what the id is; ``expect``: the line format; ``empty``, ``duplicate``:
+    the messages' endings)."""
+    first_line = {}
+    for number, line in _lines(path):
+        parts = line.split("\t")
+        if len(parts) != 2:
+            what = "no tab" if len(parts) == 1 else f"{len(parts) - 1} tabs"
+            raise DataError(f"{what}; expected '{expect}' with exactly one tab", path, number)
+        rid, tokens = parts[0].strip(), parts[1].split()
+        if not rid:
+            raise DataError(f"empty {key} id; every line must start with a {key} id", path, number)
+        if not tokens:
+            raise DataError(f"{key} {rid!r} has {empty}", path, number)
+        if rid in first_line:
+            raise DataError(f"duplicate {key} id {rid!r} (first on line {first_line[rid]}){duplicate}",
+                            path, number)
+        first_line[rid] = number
+        yield number, rid, tokens
+
+
+def read_item_features(path):
+    """Read an item-features file (``data.item_features``): ``item_id<TAB>feature feature ...``,
+    one line per item, features as whitespace-separated tokens (e.g. ``cate=12 brand=3``).
+
+    Returns ``{item_id: [feature, ...]}`` in file order; a line without exactly one tab, with no
+    feature, or repeating an item id is a ``DataError`` naming the file and line."""
+    out = {}
+    for number, item_id, feats in _records(path, "item", "item_id<TAB>feature feature ...",
+                                           "no feature after the tab"):
+        out[item_id] = feats
+    if not out:
+        raise DataError("no records; the item-features file is empty", path)
+    return out
+
+
 @_gc_paused()
 def read_users(path):
     """Read a users file into a list of ``(user_id, [item_id, ...])`` in file order.
 
     The returned list is a ``Users`` (a ``list`` subclass) that also carries each user's line number.
     """
-    users, numbers, first_line = [], [], {}
-    for number, line in _lines(path):
-        parts = line.split("\t")
-        if len(parts) != 2:
-            what = "no tab" if len(parts) == 1 else f"{len(parts) - 1} tabs"
-            raise DataError(f"{what}; expected 'user_id<TAB>item_id item_id ...' with exactly one tab",
-                            path, number)
-        user_id, item_ids = parts[0].strip(), parts[1].split()
-        if not user_id:
-            raise DataError("empty user id; every line must start with a user id", path, number)
-        if not item_ids:
-            raise DataError(f"user {user_id!r} has no items after the tab; remove the line or add "
-                            "the user's interactions", path, number)
-        if user_id in first_line:
-            raise DataError(f"duplicate user id {user_id!r} (first on line {first_line[user_id]}); "
-                            "merge the two lines", path, number)
-        first_line[user_id] = number
+    users, numbers = [], []
+    for number, user_id, item_ids in _records(
+            path, "user", "user_id<TAB>item_id item_id ...",
+            "no items after the tab; remove the line or add the user's interactions",
+            "; merge the two lines"):
         users.append((user_id, item_ids))
         numbers.append(number)
     if not users:

@@ -114,8 +114,11 @@ def hidden_size(backbone: nn.Module) -> int:
 class ContentEncoder(ItemEncoder):
     """Shared by text and image item encoders: a backbone, pooling, Linear(hidden -> d) + GELU.
 
-    The backbone's frozen layers below the lowest trainable one run under ``torch.no_grad()``
-    (``no_grad_below``; see ``_enter_frozen_prefix``).
+    The frozen prefix of the backbone (its embeddings and the layers below the lowest trainable
+    one) runs in eval mode (no dropout) and under ``torch.no_grad()`` (``no_grad_below``; see
+    ``_enter_frozen_prefix``): it is a fixed function of the item, which the frozen-prefix cache
+    (``cache.prefix``) stores once. Content ``{"prefix": states entering layer k, ...}`` (from that
+    cache) runs only layers k.. (``run_upper``).
     """
 
     def __init__(self, backbone: nn.Module, d: int, pooling: str = "cls"):
@@ -125,6 +128,7 @@ class ContentEncoder(ItemEncoder):
         self.backbone, self.pooling = backbone, pooling
         self.project = nn.Sequential(nn.Linear(hidden_size(backbone), d), nn.GELU())
         self.no_grad_below = True
+        self.prefix_layer = None  # k > 0 once the frozen-prefix cache serves layers 0..k-1
         backbone.register_forward_pre_hook(partial(_enter_frozen_prefix, self))
         backbone.register_forward_hook(partial(_leave_frozen_prefix, self), always_call=True)
 
@@ -138,17 +142,64 @@ class ContentEncoder(ItemEncoder):
 
     def train(self, mode: bool = True) -> "ContentEncoder":
         """A backbone with nothing trainable runs in eval mode even in training: it is a fixed
-        feature extractor, and computes exactly what the hidden-state cache holds (no dropout)."""
+        feature extractor, and computes exactly what the hidden-state cache holds (no dropout).
+        Likewise its frozen prefix (embeddings and layers below the lowest trainable one), so that
+        a run reading it from the frozen-prefix cache trains the same function."""
         super().train(mode)
-        if mode and not any(p.requires_grad for p in self.backbone.parameters()):
+        if not mode:
+            return self
+        k, layers = lowest_trainable_layer(self.backbone)
+        if k is None:
             self.backbone.eval()
+        elif k > 0:
+            for m in prefix_modules(self.backbone, k):
+                m.eval()
         return self
 
     def encode(self, content: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.peft_side is None and "hidden" in content:
             # peft.method frozen with cache.frozen: the cached pooled output of the frozen backbone
             return self.project(content["hidden"][:, -1].to(self.project[0].weight.dtype))
+        if self.peft_side is None and "prefix" in content:
+            mask = content.get("attention_mask")
+            return self.head(self.run_upper(content["prefix"], mask), mask)
         return super().encode(content)
+
+    def head(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Item vectors from the backbone's ``last_hidden_state`` (pooling, projection)."""
+        return self.project(self.pool(hidden, mask))
+
+    def run_upper(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``last_hidden_state`` of the backbone for the hidden states entering layer
+        ``self.prefix_layer`` (and, for text, the attention mask): the unchanged transformers model
+        is called with its layer list cut to the layers from there on and its embeddings module
+        passing the states through (both only for this call)."""
+        k = self.prefix_layer
+        if not k:
+            raise RuntimeError("frozen-prefix states given to an item encoder with no prefix layer")
+        backbone = self.backbone
+        path = site_map(backbone).layers
+        parent_path, _, name = path.rpartition(".")
+        parent = backbone.get_submodule(parent_path) if parent_path else backbone
+        layers = getattr(parent, name)
+        states = states.to(self.project[0].weight.dtype)
+        emb = backbone.embeddings
+        emb.forward = lambda *args, **kwargs: states   # instance attribute: shadows the class method
+        parent._modules[name] = layers[k:]
+        try:
+            if self.modality == "text":
+                out = backbone(inputs_embeds=states, attention_mask=mask)
+            else:
+                out = backbone(pixel_values=states)
+        finally:
+            parent._modules[name] = layers
+            del emb.forward
+        return out.last_hidden_state
+
+
+def prefix_modules(backbone: nn.Module, k: int) -> list[nn.Module]:
+    """The modules of the frozen prefix below layer ``k``: the embeddings and layers 0..k-1."""
+    return [backbone.embeddings, *list(backbone.get_submodule(site_map(backbone).layers))[:k]]
 
 
 def lowest_trainable_layer(backbone: nn.Module) -> tuple[int | None, nn.ModuleList | None]:
@@ -156,7 +207,8 @@ def lowest_trainable_layer(backbone: nn.Module) -> tuple[int | None, nn.ModuleLi
 
     k is 0 when anything outside the layer list trains (embeddings, a soft prompt, a module reading
     the layers from outside, ...), None when nothing trains at all; modules after the layers
-    (ViT's final LayerNorm) count as the last layer.
+    (ViT's final LayerNorm) count as the last layer, and a module marked ``used_inside_layers``
+    (Compacter's shared rule matrices) counts as its users do.
     """
     try:
         path = site_map(backbone).layers
@@ -165,7 +217,8 @@ def lowest_trainable_layer(backbone: nn.Module) -> tuple[int | None, nn.ModuleLi
     layers = backbone.get_submodule(path)
     lowest = None
     for name, p in backbone.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or getattr(getattr(backbone, name.split(".", 1)[0], None),
+                                          "used_inside_layers", False):
             continue
         if name.startswith(path + "."):
             i = int(name[len(path) + 1:].split(".", 1)[0])

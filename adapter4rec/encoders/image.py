@@ -61,6 +61,8 @@ class ImageItemEncoder(ContentEncoder):
     ``prompt`` PEFT method are removed from ``last_hidden_state`` before pooling).
     """
 
+    modality = "image"
+
     def __init__(self, backbone, d: int, pooling: str = "cls", mean=(0.5, 0.5, 0.5),
                  std=(0.5, 0.5, 0.5)):
         super().__init__(backbone, d, pooling)
@@ -88,12 +90,10 @@ class ImageItemEncoder(ContentEncoder):
         if self.is_mae:
             n = (h // self.patch_size) * (w // self.patch_size)
             kwargs["noise"] = torch.arange(n, device=x.device, dtype=torch.float32).expand(len(x), n)
-        hidden = self.backbone(pixel_values=x, **kwargs).last_hidden_state
-        if self.pooling == "mean":
-            pooled = hidden[:, 1:].mean(1)
-        else:
-            pooled = hidden[:, 0]
-        return self.project(pooled)
+        return self.head(self.backbone(pixel_values=x, **kwargs).last_hidden_state, None)
+
+    def head(self, hidden: torch.Tensor, mask=None) -> torch.Tensor:
+        return self.project(hidden[:, 1:].mean(1) if self.pooling == "mean" else hidden[:, 0])
 
 
 def _fix_position_embeddings(backbone) -> None:

@@ -70,6 +70,8 @@ def check_unknown(tokens: np.ndarray, tok, model_dir: str, max_unk_fraction: flo
 class TextItemEncoder(ContentEncoder):
     """backbone -> CLS (default) or masked-mean pooling -> Linear(hidden -> d) + GELU."""
 
+    modality = "text"
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.project(self.pool(hidden, attention_mask))
+        return self.head(hidden, attention_mask)

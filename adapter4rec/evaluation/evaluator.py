@@ -104,6 +104,9 @@ def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
     L = data.max_seq_len
     chunk = max(1, min(batch_size, SCORE_BUDGET // max(len(items), 1)))
     ranks = []
+    # the vectors users are scored against: the items themselves, or (untied output table,
+    # cosine scoring) the model's own target matrix
+    targets = model.target_matrix(items) if hasattr(model, "target_matrix") else items
     buf = ge_buf = None  # reused across chunks: no fresh (page-faulting) allocation per chunk
     for s in tqdm(range(lo, hi, chunk), desc=f"rank {split} users", disable=not progress,
                   leave=False, unit="chunk"):
@@ -117,7 +120,7 @@ def rank_users(model, items: torch.Tensor, data: RecData, split: str, device,
         if buf is None:
             buf = torch.empty(min(chunk, hi - lo), len(items), device=device)
             ge_buf = torch.empty(buf.shape, dtype=torch.bool, device=device)
-        scores = torch.mm(vec, items.T, out=buf[:len(users)])
+        scores = torch.mm(vec, targets.T, out=buf[:len(users)])
         excl = torch.from_numpy(_exclusions(data, users, split)).to(device) if exclude_history else None
         ranks.append(chunk_ranks(scores, tgt, excl, ge_buf[:len(users)]))
     user_enc.train(was_training)

@@ -46,10 +46,10 @@ SUITE_KEYS = ("name", "description", "config", "set", "grid", "runs", "names", "
 SOURCE_KEYS = ("name", "config", "set", "output")
 RUN_KEYS = ("name", "config", "set")
 SELECT_KEYS = ("key", "values", "metric", "per", "set", "only", "exclude")
-SMOKE_KEYS = ("synthetic", "set", "grid", "select", "output")
+SMOKE_KEYS = ("synthetic", "set", "grid", "select", "output", "same_domain")
 SOURCE_REF = "source:"            # a value "source:NAME": the folder of the suite's source NAME
 RESERVED = ("sources", "select", "synthetic")  # folders of the output that hold no main run
-DONE = ("skipped", "trained", "resumed")      # a run with metrics.json
+DONE = ("skipped", "trained", "resumed", "reused")  # a run with metrics.json
 SYNTHETIC = {  # --smoke data: sizes of make_transfer_pair / make_image_transfer_pair
     "text": {"source_users": 300, "source_items": 120, "target_users": 200, "target_items": 100},
     "image": {"source_users": 160, "source_items": 48, "target_users": 120, "target_items": 40,
@@ -278,6 +278,8 @@ class Suite:
         self.smoke_set = _sets(sm.get("set"), "smoke.set") if smoke else []
         self.cli_set = list(overrides)
         self.synthetic = self._synthetic(sm.get("synthetic")) if smoke else None
+        # smoke.same_domain: sources read the target domain too (GPSD pretrains on the same items)
+        self.same_domain = bool(sm.get("same_domain", False))
 
         grid = data.get("grid") or {}
         if not isinstance(grid, dict):
@@ -464,7 +466,8 @@ class Suite:
         sets = [x for x in sets if not x.startswith("config=")]
         cfg = load_config(files[-1] if files else run.config, sets)
         if self.smoke:
-            self._smoke(cfg, "source" if run.phase == "source" else "target")
+            self._smoke(cfg, "source" if run.phase == "source" and not self.same_domain
+                        else "target")
         method = peft.get(cfg.peft.method)
         parse_options(method.options, cfg.peft.method, cfg.peft.options)
         return cfg
@@ -547,7 +550,8 @@ class Suite:
                     break
         folders = {}
         for run in runs:
-            other = folders.setdefault(run.folder.resolve(), run.name)
+            # the parent resolved, not the folder: a main run may be a link to its selection twin
+            other = folders.setdefault(run.folder.parent.resolve() / run.folder.name, run.name)
             if other != run.name:
                 errors.append(f"runs {other} and {run.name} would write the same folder {run.folder}")
         if errors:
@@ -645,6 +649,15 @@ class Runner:
             cfg = s.config_of(run)
             run.overrides = s._resolve(s.overrides_of(run), run)
             state = _state(run)
+            twin = self._twin(run, cfg) if state == "new" else None
+            if twin is not None:
+                # the winning selection run has this very config: the same run, not trained twice
+                run.folder.parent.mkdir(parents=True, exist_ok=True)
+                run.folder.symlink_to(os.path.relpath(twin.folder, run.folder.parent),
+                                      target_is_directory=True)
+                run.status, run.metrics = "reused", twin.metrics
+                return self._say(run, f"the same config as {twin.name}: its run, linked "
+                                      f"({run.folder} -> {twin.folder})")
             if state == "done":
                 run.status = "skipped"
                 run.metrics = json.loads((run.folder / "metrics.json").read_text(encoding="utf-8"))
@@ -669,6 +682,18 @@ class Runner:
         scores = (f", valid NDCG@10 {v:.4f}, test NDCG@10 {t:.4f}"
                   if isinstance(v, float) and isinstance(t, float) else "")
         self._say(run, f"{run.status} in {run.seconds:.3g} s{scores} ({run.folder})")
+
+    def _twin(self, run: Run, cfg: Config) -> Run | None:
+        """The finished winning selection run of ``run``'s group whose config equals ``cfg``."""
+        if run.phase != "main" or not run.group or run.group not in self.selection:
+            return None
+        chosen = self.selection[run.group]["choice"]
+        for r in self.suite.select_runs:
+            if (r.group == run.group and r.choice == chosen and r.status in DONE and r.metrics
+                    and (r.folder / "metrics.json").is_file()
+                    and self.suite.config_of(r).to_dict() == cfg.to_dict()):
+                return r
+        return None
 
     def _spawn(self, run: Run, cfg: Config, resume: bool, env: dict) -> None:
         """Train in a worker process (``python -m adapter4rec.experiments.suite``) on its device."""

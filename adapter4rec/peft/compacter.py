@@ -30,6 +30,10 @@ from .registry import register
 class PHMRules(nn.Module):
     """The n rule matrices A_1..A_n shared by all PHM layers of one tower."""
 
+    # held by the backbone but used only by the adapters inside its layers: it does not make the
+    # layers below them trainable (encoders.backbone.lowest_trainable_layer; the prefix cache)
+    used_inside_layers = True
+
     def __init__(self, n: int, init_std: float = 0.01):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n, n, n))

@@ -44,8 +44,9 @@ def frozen_fingerprint(model: nn.Module, held=None, values: dict | None = None) 
     backbone was released for the hidden-state cache answers with the fingerprint taken before
     the release."""
     cached = getattr(model, "frozen_fingerprint_", None)
-    if cached is not None and (held is None or getattr(getattr(model, "item_encoder", None),
-                                                       "backbone_released", False)):
+    enc = getattr(model, "item_encoder", None)
+    released = getattr(enc, "backbone_released", False) or getattr(enc, "prefix_released", False)
+    if cached is not None and (held is None or released):
         return dict(cached)
     params = {**dict(model.named_parameters()), **(values or {})}
     held = set(held) if held is not None else {n for n, p in params.items() if p.requires_grad}

@@ -74,7 +74,8 @@ def make_scheduler(optimizer, t, total_steps: int):
     """The LambdaLR for ``train.scheduler`` (None for ``none``), stepped once per batch.
 
     linear_warmup: lr x step/warmup during warmup, then linear decay to 0 at ``total_steps``;
-    cosine: the same warmup, then half a cosine down to 0 (transformers' schedules of those names).
+    cosine: the same warmup, then half a cosine down to 0 (transformers' schedules of those names),
+    or down to ``min_lr_ratio`` x the peak (gpsd-rec's ``min_learning_rate``).
     """
     if t.scheduler == "none":
         return None
@@ -84,8 +85,9 @@ def make_scheduler(optimizer, t, total_steps: int):
         if step < warm:
             return step / max(1, warm)
         progress = min(1.0, (step - warm) / max(1, total - warm))
-        if t.scheduler == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if t.scheduler == "cosine":  # down to min_lr_ratio of the peak (gpsd-rec: 0.1)
+            floor = getattr(t, "min_lr_ratio", 0.0)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0 - progress
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

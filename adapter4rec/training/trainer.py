@@ -137,7 +137,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         self.batches = TrainBatches(data, self.run.content, t.batch_size, t.objective,
                                     t.num_negatives, t.seed, dist.rank(), dist.world(),
-                                    last_only=cfg.model.user_encoder == "cpc")
+                                    last_only=cfg.model.user_encoder == "cpc",
+                                    negatives_per=t.negatives_per, with_inbatch=t.with_inbatch)
         self.steps = len(self.batches) if not t.max_steps_per_epoch else min(len(self.batches),
                                                                              t.max_steps_per_epoch)
         self.scheduler = make_scheduler(self.optimizer, t, t.epochs * self.steps)
@@ -336,15 +337,18 @@ class Trainer:
         """Evaluate after the epoch of ``record`` (updated in place), keep the best checkpoint;
         returns whether early stopping ends the run."""
         s, cfg, epoch = self.state, self.cfg, record["epoch"]
-        res, ranks = self.run.evaluate(progress=progress_enabled(cfg.train.progress) and dist.is_main(),
-                                       return_ranks=True)
+        # with eval.metric auc also the train split's AUC / loss: the generalisation gap per epoch
+        splits = ("train", "valid", "test") if cfg.eval.metric == "auc" and cfg.eval.auc_train \
+            else ("valid", "test")
+        res, ranks = self.run.evaluate(splits, progress=progress_enabled(cfg.train.progress)
+                                       and dist.is_main(), return_ranks=True)
         record.update(res)
-        key = f"NDCG@{cfg.eval.k}"
+        key = "AUC" if cfg.eval.metric == "auc" else f"NDCG@{cfg.eval.k}"
         if res["valid"][key] > s.best:
             s.best, s.best_epoch, s.best_valid, s.best_test, s.bad_evals = (
                 res["valid"][key], epoch, res["valid"], res["test"], 0)
             self.save_checkpoint("best")
-            if dist.is_main():  # the best epoch's per-user ranks (gathered from every rank)
+            if dist.is_main() and ranks:  # the best epoch's per-user ranks (gathered from every rank)
                 _save_ranks(self.output / RANKS_FILE, ranks, epoch)
         else:
             s.bad_evals += 1
@@ -378,6 +382,8 @@ class Trainer:
                  "trainable_params": summary["trainable"], "total_params": summary["total"],
                  "train_seconds": round(s.train_seconds, 3), "skipped_batches": s.skipped,
                  "global_steps": s.global_step, "peft": summary}
+        if summary.get("transfer") is not None:  # train.transfer: what was transferred and frozen
+            final["transfer"] = summary["transfer"]
         best = self.output / "checkpoints" / "best" / "model.safetensors"
         if best.is_file():
             final["checkpoint_mb"] = round(best.stat().st_size / 2**20, 3)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The study on real data (issue 17): Amazon Instrument (source) -> Amazon Scientific (target),
+# all-MiniLM-L6-v2 items. Every step is resumable: run the script again and finished runs are
+# skipped, interrupted ones resumed from their last checkpoint. About 20+ CPU-hours in all on a
+# 2-core CPU (docs/results/scientific/README.md); on a GPU, a few hours.
+#   bash scripts/study_scientific.sh            # everything, the most informative runs first
+#   bash scripts/study_scientific.sh report     # only the report of what has finished
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ADAPTER4REC_DATASETS=${ADAPTER4REC_DATASETS:-../shared/datasets}
+OUT=docs/results/scientific
+CHEAP=suites/study_scientific_cheap.yaml
+HEAVY=suites/study_scientific_heavy.yaml
+step() { echo "== $(date '+%F %T') $*"; "$@" || echo "== (not finished: run the script again to resume)"; }
+
+if [ "${1:-}" != report ]; then
+  step adapter4rec suite run $CHEAP --only 'users=0.1'                        # source + cached/scratch at 10%
+  step adapter4rec suite run $HEAVY --only method=houlsby --only method=full  # selection, 10%, 25%, BCE
+  step adapter4rec suite run $CHEAP --only 'users=0.25'
+  step adapter4rec suite run $HEAVY --only method=lora --only method=layernorm --only method=pfeiffer
+  step adapter4rec suite run $CHEAP                                           # 100%
+  step adapter4rec suite run $HEAVY                                           # kadapter, compacter
+fi
+mkdir -p $OUT/plots
+# the main runs (not the selection runs); pairs: each method against full, transfer against scratch
+adapter4rec report runs/study/study_scientific_cheap/users=* runs/study/study_scientific_heavy/method=* \
+  --markdown $OUT/report.md --csv $OUT/runs.csv --plots $OUT/plots
