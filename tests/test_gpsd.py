@@ -346,3 +346,15 @@ def test_item_features_file_is_part_of_the_run_fingerprint(chain, tmp_path):
     after = build_run(cfg).fingerprints()
     assert after["item_features"] != before["item_features"] and after["data"] == before["data"]
     assert "item_features" not in build_run(_generative(data)).fingerprints()
+
+
+def test_recommend_with_the_gpsd_block_and_refused_for_the_discriminative_model(chain, source):
+    from adapter4rec.api import load_run, recommend
+
+    model, data, _ = load_run(source)  # the generative GPSD run: user vectors, RoPE, no position table
+    top = recommend(model, [data.item_ids[:3]], k=5)
+    assert len(top[0]) == 5 and not set(i for i, _ in top[0]) & set(data.item_ids[:3])
+    cfg = _discriminative(chain)
+    _, disc, _, _ = prepare(cfg)
+    with pytest.raises(ConfigError, match="discriminative model"):
+        recommend(disc, [data.item_ids[:3]], k=5)

@@ -52,6 +52,6 @@ def build_user_encoder(cfg):
     """The user encoder of ``cfg.model``: GPSD's block (``model.block: gpsd``) or SASRec's."""
     m = cfg.model
     if m.block == "gpsd":
-        return GPSD(m.embedding_dim, m.num_blocks, m.num_heads, m.dropout)
+        return GPSD(m.embedding_dim, m.num_blocks, m.num_heads, m.dropout, cfg.data.max_seq_len)
     return SASRec(m.embedding_dim, cfg.data.max_seq_len, m.num_blocks, m.num_heads, m.dropout,
                   m.block)

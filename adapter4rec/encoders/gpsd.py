@@ -115,9 +115,11 @@ class Block(nn.Module):
 
 
 class GPSD(nn.Module):
-    def __init__(self, d: int = 64, blocks: int = 4, heads: int = 4, dropout: float = 0.0):
+    def __init__(self, d: int = 64, blocks: int = 4, heads: int = 4, dropout: float = 0.0,
+                 max_len: int = 20):
         super().__init__()
-        self.d, self.heads, self.block = d, heads, "gpsd"
+        # max_len: the history length it is fed (data.max_seq_len; RoPE itself has no limit)
+        self.d, self.heads, self.block, self.max_len = d, heads, "gpsd", max_len
         self.segment = nn.Embedding(2, d)  # 0: history, 1: the candidate (discriminative)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(d, heads, dropout) for _ in range(blocks))

@@ -98,6 +98,7 @@ class SASRec(nn.Module):
         if block not in BLOCKS:
             raise ConfigError(f"model.block must be one of {', '.join(BLOCKS)}; got {block!r}")
         self.d, self.block = d, block
+        self.max_len = max_len
         self.pos = nn.Embedding(max_len, d)
         self.ln_in = nn.LayerNorm(d, eps=1e-6)
         self.drop = nn.Dropout(dropout)

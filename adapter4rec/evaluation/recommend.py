@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..data.batching import left_pad
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .evaluator import encode_all_items
 
 
@@ -19,6 +19,10 @@ def recommend(model, histories, k: int = 10, exclude_history: bool = True,
     content store and item ids); its last ``max_seq_len`` items of a history are used."""
     if model.content is None or model.item_ids is None:
         raise DataError("the model holds no items: build it with adapter4rec.build_model")
+    if not getattr(model, "yields_user_vectors", True):
+        raise ConfigError("recommend ranks the catalogue by user vectors, and a discriminative model "
+                          "(train.objective: discriminative) has none: it scores given candidates "
+                          "(Recommender.candidate_scores)")
     index = {item: n + 1 for n, item in enumerate(model.item_ids)}
     rows = []
     for u, history in enumerate(histories):
@@ -31,13 +35,13 @@ def recommend(model, histories, k: int = 10, exclude_history: bool = True,
     was = model.training
     model.eval()
     items = encode_all_items(model, model.content, device)
-    length = model.user_encoder.pos.num_embeddings
+    length = model.user_encoder.max_len
     k = min(k, len(model.item_ids))
     out = []
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
         hist = torch.from_numpy(np.stack([left_pad(h, length) for h in chunk])).to(device)
-        scores = model.user_vectors(items[hist], hist > 0).float() @ items.T
+        scores = model.user_vectors(items[hist], hist > 0).float() @ model.target_matrix(items).T
         scores[:, 0] = -torch.inf  # padding is no item
         if exclude_history:
             for b, h in enumerate(chunk):

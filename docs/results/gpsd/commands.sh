@@ -10,3 +10,5 @@ date -u +"start %FT%TZ"
 date -u +"end %FT%TZ"
 /usr/bin/time -f "scaling d256: %e s wall" adapter4rec suite run suites/gpsd_scaling.yaml --only size=d256_l1
 date -u +"end %FT%TZ"
+/usr/bin/time -f "scaling d256_l3: %e s wall" adapter4rec suite run suites/gpsd_scaling.yaml --only size=d256_l3
+date -u +"end %FT%TZ"
