@@ -204,3 +204,28 @@ def test_cli_cache_build_builds_the_prefix(domains, bert4, tmp_path, capsys):
     main(["cache", "build"] + [a for s in sets for a in ("--set", s)])
     out = capsys.readouterr().out
     assert "frozen prefix (layers 0..2)" in out and "[116, " in out
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs gloo")
+def test_two_ranks_train_with_the_prefix_cache(domains, bert4, tmp_path):
+    """Under torchrun rank 0 builds the prefix cache and the other rank waits and opens it: the
+    same file as one process builds, and the run finishes."""
+    import os
+    import subprocess
+    import sys
+
+    sets = overrides(domains[1], bert4, peft__method="houlsby", peft__options="{layers: [-1]}",
+                     train__epochs=1, train__objective="bce")
+    args = [a for s in sets for a in ("--set", s)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "adapter4rec.cli", "train", "--output", str(tmp_path / "run"), *args,
+           "--set", f"cache.dir={tmp_path / 'two'}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "frozen-prefix cache" in p.stderr + p.stdout
+    prepare(load_config(overrides=sets + [f"cache.dir={tmp_path / 'one'}"]))
+    (two,) = (tmp_path / "two").iterdir()
+    (one,) = (tmp_path / "one").iterdir()
+    assert (two / "hidden.bin").read_bytes() == (one / "hidden.bin").read_bytes()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,7 @@ def build_prefix_cache(encoder, store, folder, k: int, fp: dict, dtype="float16"
     ranks wait and open it)."""
     folder = Path(folder)
     device = device or torch.device("cpu")
-    with lock(folder) if dist.is_main() else _null():
+    with lock(folder) if dist.is_main() else nullcontext():
         found = _opened_everywhere(open_cache(folder, fp, quiet=True) if dist.is_main() else None,
                                    folder, fp)
         if found is not None:
@@ -178,14 +179,6 @@ def build_prefix_cache(encoder, store, folder, k: int, fp: dict, dtype="float16"
     log.info("frozen-prefix cache %s: built [%d, %d, %d] %s in %.1f s (%.0f items/s)", folder,
              *cache.shape, dtype, seconds, n / max(seconds, 1e-9))
     return cache
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def release_prefix(encoder: ContentEncoder, k: int) -> int:
