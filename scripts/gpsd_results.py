@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 STRATEGIES = ("NT", "FT", "ST", "FT_SF", "ST_SF")
-SIZES = ("d16_l1", "d32_l2", "d64_l4", "d128_l2", "d256_l1")
+SIZES = ("d16_l1", "d32_l2", "d64_l4", "d128_l2", "d256_l1", "d256_l3")
 
 
 def _read(run: Path):
