@@ -7,14 +7,14 @@ from adapter4rec.experiments.demo import DEMO_THREADS, run_demo, standard_errors
 
 
 def test_demo_is_reproducible_to_the_digits_it_prints(tiny_bert, tmp_path, capsys):
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     small = dict(source_users=200, source_items=80, target_users=120, target_items=60)
     first = run_demo(tmp_path / "a", epochs=1, model=tiny_bert, progress=False, **small)
-    assert torch.get_num_threads() == 1  # restored after the demo's own DEMO_THREADS
+    assert torch.get_num_threads() == 2  # restored after the demo's own DEMO_THREADS
     printed = capsys.readouterr().out
     second = run_demo(tmp_path / "b", epochs=1, model=tiny_bert, progress=False, **small)
     assert first == second
-    assert DEMO_THREADS == 2 and "±" in printed and "houlsby" in printed
+    assert DEMO_THREADS == 1 and "±" in printed and "houlsby" in printed
     row = first[-1]
     assert 0 < row["HR@10_se"] < 0.1 and 0 < row["NDCG@10_se"] < row["HR@10_se"]
 

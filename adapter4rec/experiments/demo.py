@@ -34,11 +34,12 @@ def minilm_folder() -> str | None:
 
 
 # The demo's numbers are the same from run to run only if the arithmetic is: fp32 (train.amp auto
-# would pick bf16 on CPUs with bf16 units and fp32 elsewhere) and a fixed number of intra-op
-# threads (a GEMM split over another number of threads rounds differently, which moves a user or
-# two of 400 across the top-10 boundary by the last epoch). Another CPU family's kernels still
-# round differently: the printed standard errors say how much such a difference means.
-DEMO_THREADS = 2
+# would pick bf16 on CPUs with bf16 units and fp32 elsewhere) and one intra-op thread. With two,
+# the sums split across threads (e.g. the embedding gradients) were measured to round differently
+# from run to run, depending on the machine's load, which moves a user or two of 400 across the
+# top-10 boundary by the last epoch. Another CPU family's kernels still round differently: the
+# printed standard errors say how much such a difference means.
+DEMO_THREADS = 1
 
 
 def standard_errors(folder: Path, k: int = 10) -> dict[str, float]:
