@@ -5,13 +5,15 @@
 # 2-core CPU (docs/results/scientific/README.md); on a GPU, a few hours.
 #   bash scripts/study_scientific.sh            # everything, the most informative runs first
 #   bash scripts/study_scientific.sh report     # only the report of what has finished
+#   JOBS=2 bash scripts/study_scientific.sh     # 2 runs at a time (2 GPUs, or 2 cores of a quiet CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ADAPTER4REC_DATASETS=${ADAPTER4REC_DATASETS:-../shared/datasets}
 OUT=docs/results/scientific
 CHEAP=suites/study_scientific_cheap.yaml
 HEAVY=suites/study_scientific_heavy.yaml
-step() { echo "== $(date '+%F %T') $*"; "$@" || echo "== (not finished: run the script again to resume)"; }
+JOBS=${JOBS:-1}
+step() { echo "== $(date '+%F %T') $*"; "$@" --jobs "$JOBS" || echo "== (not finished: run the script again to resume)"; }
 
 if [ "${1:-}" != report ]; then
   step adapter4rec suite run $CHEAP --only 'users=0.1'                        # source + cached/scratch at 10%
