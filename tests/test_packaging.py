@@ -39,6 +39,10 @@ def test_the_wheel_installs_and_runs_without_the_source_tree(tmp_path):
     assert str(ROOT) not in where and str(venv) in where
     assert "adapt/scientific_houlsby.yaml" in run("adapter4rec", "configs", "list")
     run("adapter4rec", "configs", "copy", "pretrain/instrument_minilm.yaml")
+    # the study suites travel too, runnable by name (their configs resolve inside the package)
+    assert "rq2_scientific" in run("adapter4rec", "suite", "list")
+    assert "every config checks out" in run("adapter4rec", "suite", "run", "rq2_scientific",
+                                            "--smoke", "--dry-run")
     run(str(py), "-c", "from adapter4rec.config import load_config; "
         "c = load_config('instrument_minilm.yaml'); assert c.model.item_encoder == 'text'")
     run("adapter4rec", "synthetic", "data")

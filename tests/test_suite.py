@@ -385,6 +385,21 @@ def test_shipped_suites_pass_dry_run(path, smoke, tmp_path, capsys):
             assert cfg.model.item_encoder == "id" or out in Path(cfg.model.pretrained).parents
 
 
+def test_shipped_suites_by_name_and_listed(tmp_path, monkeypatch, capsys):
+    from adapter4rec.cli.suite import SHIPPED, suite_file
+
+    assert (ROOT / "suites").resolve() == SHIPPED  # the repository's suites/ is the package's
+    monkeypatch.chdir(tmp_path)
+    assert suite_file("rq2_scientific") == SHIPPED / "rq2_scientific.yaml"
+    assert suite_file("rq2_scientific.yaml") == SHIPPED / "rq2_scientific.yaml"
+    (tmp_path / "rq2_scientific.yaml").write_text("{}")  # a file here wins over the shipped one
+    assert suite_file("rq2_scientific.yaml") == Path("rq2_scientific.yaml")
+    assert suite_file("nope/x.yaml") == Path("nope/x.yaml")  # a missing path stays an error
+    assert main(["suite", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(p.stem in out for p in SHIPPED.glob("*.yaml"))
+
+
 def test_shipped_suites_cover_the_study():
     names = {p.stem for p in SHIPPED}
     assert names >= {f"rq{i}_{layout}" for i in (1, 2, 3, 4)
