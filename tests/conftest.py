@@ -66,3 +66,20 @@ def perturb(model, seed, scale=0.05):
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
 
+
+def torchrun_train(sets, output, cache_dir, nproc=2):
+    """``adapter4rec train`` under torchrun (``nproc`` gloo ranks, one thread each) with --set
+    ``sets`` and ``cache.dir``; the finished process (its return code checked)."""
+    import os
+    import subprocess
+    import sys
+
+    args = [a for s in sets for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(nproc), "-m", "adapter4rec.cli", "train", "--output", str(output), *args,
+           "--set", f"cache.dir={cache_dir}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+

@@ -19,7 +19,7 @@ from adapter4rec.pipeline import prepare
 from adapter4rec.runtime.seed import seed_everything
 from adapter4rec.training.optim import param_groups
 
-from conftest import overrides
+from conftest import overrides, torchrun_train
 
 
 def iisan_cfg(data, bert, cache_dir, **kw):
@@ -250,20 +250,8 @@ def test_image_and_text_image_items(tiny_bert, tmp_path):
                     reason="needs gloo")
 def test_two_ranks_build_the_same_cache(domains, tiny_bert, tmp_path):
     """Under torchrun each rank encodes its shard of the items into the one file."""
-    import os
-    import subprocess
-    import sys
-
     sets = overrides(domains[1], tiny_bert, peft__method="iisan", cache__batch_size=16, train__epochs=1)
-    args = []
-    for s in sets:
-        args += ["--set", s]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "adapter4rec.cli", "train", "--output", str(tmp_path / "run"), *args,
-           "--set", f"cache.dir={tmp_path / 'two'}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert p.returncode == 0, p.stderr[-3000:]
+    torchrun_train(sets, tmp_path / "run", tmp_path / "two")
     prepare(load_config(overrides=sets + [f"cache.dir={tmp_path / 'one'}"]))
     (two,) = (tmp_path / "two").iterdir()
     (one,) = (tmp_path / "one").iterdir()

@@ -14,7 +14,7 @@ from adapter4rec.runtime.seed import seed_everything
 from adapter4rec.training.optim import param_groups
 from adapter4rec.training.trainer import train
 
-from conftest import overrides
+from conftest import overrides, torchrun_train
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_same_loss_gradients_and_metrics_with_and_without(domains, bert4, tmp_pa
     res_off = evaluate(off, content_off, data, torch.device("cpu"))
     users = len(data.valid_users) if hasattr(data, "valid_users") else 300
     for split in ("valid", "test"):
-        assert abs(res_on[split]["HR@10"] - res_off[split]["HR@10"]) <= 1 / users, (res_on, res_off)
+        assert abs(res_on[split]["HR@10"] - res_off[split]["HR@10"]) <= 1 / users + 1e-9, (res_on, res_off)  # one user
         assert abs(res_on[split]["NDCG@10"] - res_off[split]["NDCG@10"]) <= 1e-3, (res_on, res_off)
 
 
@@ -211,19 +211,9 @@ def test_cli_cache_build_builds_the_prefix(domains, bert4, tmp_path, capsys):
 def test_two_ranks_train_with_the_prefix_cache(domains, bert4, tmp_path):
     """Under torchrun rank 0 builds the prefix cache and the other rank waits and opens it: the
     same file as one process builds, and the run finishes."""
-    import os
-    import subprocess
-    import sys
-
     sets = overrides(domains[1], bert4, peft__method="houlsby", peft__options="{layers: [-1]}",
                      train__epochs=1, train__objective="bce")
-    args = [a for s in sets for a in ("--set", s)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "adapter4rec.cli", "train", "--output", str(tmp_path / "run"), *args,
-           "--set", f"cache.dir={tmp_path / 'two'}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = torchrun_train(sets, tmp_path / "run", tmp_path / "two")
     assert "frozen-prefix cache" in p.stderr + p.stdout
     prepare(load_config(overrides=sets + [f"cache.dir={tmp_path / 'one'}"]))
     (two,) = (tmp_path / "two").iterdir()

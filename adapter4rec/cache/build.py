@@ -162,14 +162,22 @@ def release_backbone(encoder) -> int:
     """Free the weights of a frozen backbone whose states come from the cache; returns the bytes
     freed. Parameter names stay (an adapter file's tower signature is unchanged); running the
     backbone afterwards raises a clear error."""
-    freed = 0
-    for module in encoder.backbone.modules():
-        for store in (module._parameters, module._buffers):
-            for name, t in store.items():
-                if t is not None and t.numel():
-                    freed += t.numel() * t.element_size()
-                    t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+    freed = free_tensors([encoder.backbone])
     encoder.backbone_released = True
+    return freed
+
+
+def free_tensors(modules) -> int:
+    """Replace every parameter and buffer of ``modules`` by an empty tensor (names kept); the
+    bytes freed."""
+    freed = 0
+    for top in modules:
+        for module in top.modules():
+            for store in (module._parameters, module._buffers):
+                for t in store.values():
+                    if t is not None and t.numel():
+                        freed += t.numel() * t.element_size()
+                        t.data = torch.empty(0, dtype=t.dtype, device=t.device)
     return freed
 
 

@@ -118,11 +118,16 @@ def content_fingerprint(store, model_dir: str) -> dict:
             "blank": digest(sorted(getattr(store, "absent", ())))}
 
 
+def config_digest(backbone) -> str:
+    """Hash of a transformers backbone's config (its version number left out)."""
+    config = {k: v for k, v in backbone.config.to_diff_dict().items() if k != "transformers_version"}
+    return digest(json.dumps(config, sort_keys=True, default=str))
+
+
 def fingerprint(encoder, store, layers: list[int], model_dir: str, dtype: str, amp) -> dict:
     backbone = encoder.backbone
-    config = {k: v for k, v in backbone.config.to_diff_dict().items() if k != "transformers_version"}
     return {"backbone": {"model_type": backbone.config.model_type,
-                         "config": digest(json.dumps(config, sort_keys=True, default=str)),
+                         "config": config_digest(backbone),
                          "weights": module_digest(backbone)},
             "content": content_fingerprint(store, model_dir),
             "pooling": encoder.pooling, "layers": list(layers), "dtype": dtype,

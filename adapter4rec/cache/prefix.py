@@ -16,7 +16,6 @@ embeddings shuffle the patches) or two-backbone items; nor when something hooks 
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import nullcontext
@@ -33,8 +32,9 @@ from ..errors import ConfigError, DataError
 from ..runtime import distributed as dist
 from ..runtime.logging import progress_enabled
 from ..runtime.precision import amp_dtype
-from .build import _opened_everywhere, _trim_heap
-from .fingerprint import backbone_path, cache_folder, content_fingerprint, digest, module_digest
+from .build import _opened_everywhere, _trim_heap, free_tensors
+from .fingerprint import (backbone_path, cache_folder, config_digest, content_fingerprint, digest,
+                          module_digest)
 from .store import HiddenCache, Writer, lock, open_cache
 
 log = logging.getLogger("adapter4rec")
@@ -114,11 +114,9 @@ def fingerprint(encoder: ContentEncoder, store, k: int, model_dir: str, dtype: s
     """What the states are computed from: the prefix modules' weights (not the upper layers', which
     may train), the backbone's config, the items' content, the layer and the precision."""
     backbone = encoder.backbone
-    config = {k_: v for k_, v in backbone.config.to_diff_dict().items() if k_ != "transformers_version"}
     weights = digest(*[module_digest(m) for m in prefix_modules(backbone, k)])
     return {"backbone": {"model_type": backbone.config.model_type,
-                         "config": digest(json.dumps(config, sort_keys=True, default=str)),
-                         "prefix_weights": weights},
+                         "config": config_digest(backbone), "prefix_weights": weights},
             "content": content_fingerprint(store, model_dir), "kind": "prefix",
             "entering_layer": k, "dtype": dtype, "precision": "bf16" if amp == torch.bfloat16 else "fp32"}
 
@@ -183,14 +181,7 @@ def build_prefix_cache(encoder, store, folder, k: int, fp: dict, dtype="float16"
 
 def release_prefix(encoder: ContentEncoder, k: int) -> int:
     """Free the weights of the prefix modules (never run again in this process); bytes freed."""
-    freed = 0
-    for top in prefix_modules(encoder.backbone, k):
-        for module in top.modules():
-            for store in (module._parameters, module._buffers):
-                for t in store.values():
-                    if t is not None and t.numel():
-                        freed += t.numel() * t.element_size()
-                        t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+    freed = free_tensors(prefix_modules(encoder.backbone, k))
     encoder.prefix_released = True
     return freed
 
