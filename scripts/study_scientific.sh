@@ -19,11 +19,17 @@ if [ "${1:-}" != report ]; then
   step adapter4rec suite run $CHEAP --only 'users=0.1'                        # source + cached/scratch at 10%
   step adapter4rec suite run $HEAVY --only method=houlsby --only method=full  # selection, 10%, 25%, BCE
   step adapter4rec suite run $CHEAP --only 'users=0.25'
+  step adapter4rec suite run $CHEAP --only 'users=1,method=iisan' --only 'users=1,method=frozen'  # minutes
   step adapter4rec suite run $HEAVY --only method=lora --only method=layernorm --only method=pfeiffer
-  step adapter4rec suite run $CHEAP                                           # 100%
+  step adapter4rec suite run $CHEAP --only 'users=1,method=scratch,seed=42'  # hours: one seed first
   step adapter4rec suite run $HEAVY                                           # kadapter, compacter
+  step adapter4rec suite run $CHEAP                                           # scratch at 100%, seeds 43, 44
 fi
 mkdir -p $OUT/plots
 # the main runs (not the selection runs); pairs: each method against full, transfer against scratch
+# and every planned run not finished yet, with its progress (docs/results/scientific/README.md: budget)
+shopt -s nullglob
 adapter4rec report runs/study/study_scientific_cheap/users=* runs/study/study_scientific_heavy/method=* \
+  runs/study/pretrain_instrument --suite $CHEAP --suite $HEAVY \
+  --why '*:not reached yet (the runs go in the order of scripts/study_scientific.sh)' \
   --markdown $OUT/report.md --csv $OUT/runs.csv --plots $OUT/plots

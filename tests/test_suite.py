@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -474,3 +475,38 @@ def test_devices_one_gpu_per_worker(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     env = suite_mod._devices(4)  # CPU: the threads shared out
     assert all("CUDA_VISIBLE_DEVICES" not in e and e["OMP_NUM_THREADS"] == "4" for e in env)
+
+
+def test_report_lists_the_planned_runs_not_finished_and_why(tmp_path, domains, monkeypatch, capsys):
+    out = tmp_path / "out"
+    p = write(tmp_path, {"set": quick(domains[1]),
+                         "sources": [{"name": "a", "set": quick(domains[0])}],
+                         "grid": {"train.seed": [1, 2, 3, 4]}, "output": str(out)})
+    # nothing ran: every planned run is listed, and the report says nothing finished
+    assert main(["report", str(out), "--suite", str(p)]) == 0
+    text = capsys.readouterr().out
+    assert "No run has finished yet." in text
+    assert text.count("| not started |") == 5
+    monkeypatch.setattr(suite_mod, "train", fake_train(fail={"seed=2"}))
+    with pytest.raises(Adapter4RecError):
+        run_suite(p, only=["seed=1", "seed=2"], echo=lambda _: None)
+    # seed=3 was interrupted after two epochs; seed=4 never started
+    (out / "seed=3").mkdir()
+    (out / "seed=3" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e, "valid": {"NDCG@10": v}}) + "\n"
+                for e, v in ((0, 0.05), (1, 0.07))) + '{"epoch": 2, "val', encoding="utf-8")
+    md = tmp_path / "r.md"
+    assert main(["report", str(out), "--suite", str(p), "--markdown", str(md), "--csv",
+                 str(tmp_path / "r.csv"), "--why", "seed=4:CPU budget", "--why", "seed=*:later"]) == 0
+    rows = {r["run"]: r for r in pd.read_csv(tmp_path / "r.unfinished.csv").to_dict("records")}
+    assert set(rows) == {"sources/a", "seed=2", "seed=3", "seed=4"}  # seed=1 finished (the
+    #                                                   runs do not start from the source: not run)
+    assert rows["seed=2"]["state"] == "failed: boom in seed=2"
+    assert rows["seed=3"]["state"] == ("in progress: 2 epoch(s) finished, best valid NDCG@10 "
+                                       "0.0700 (epoch 1)")
+    assert rows["seed=4"]["state"] == "not started" and rows["seed=4"]["why"] == "CPU budget"
+    assert rows["seed=3"]["why"] == "later"  # the first matching --why counts
+    text = md.read_text(encoding="utf-8")
+    assert "## Planned runs not finished" in text and "| seed=4 | main | not started | CPU budget |" in text
+    assert main(["report", str(out), "--suite", str(p), "--why", "no reason"]) == 2
+    assert "PATTERN:REASON" in capsys.readouterr().err

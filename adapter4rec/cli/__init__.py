@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import Adapter4RecError
 from .cache import add_cache_parser
 from .lmdb import add_build_lmdb_parser
-from .suite import add_suite_parser
+from .suite import add_suite_parser, suite_file
 
 
 def _train(args) -> None:
@@ -53,7 +53,8 @@ def _report(args) -> None:
     from ..experiments.report import report
 
     report(args.runs, args.plot, args.markdown, csv=args.csv, plots=args.plots, pairs=args.pair,
-           auto_pairs=not args.no_auto_pairs, k=args.k, resamples=args.resamples)
+           auto_pairs=not args.no_auto_pairs, k=args.k, resamples=args.resamples,
+           suites=[suite_file(x) for x in args.suite], why=args.why)
 
 
 def _methods(args) -> None:
@@ -144,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--k", type=int, default=10, help="cut-off of the NDCG in the confidence "
                    "intervals and the plots (default 10)")
     r.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    r.add_argument("--suite", action="append", default=[], metavar="SUITE",
+                   help="also list this suite's planned runs that have not finished (in progress: "
+                        "the epochs so far; failed; not started); a file or a shipped suite's name; "
+                        "repeatable")
+    r.add_argument("--why", action="append", default=[], metavar="PATTERN:REASON",
+                   help="why the unfinished runs whose name matches PATTERN (as suite run --only "
+                        "takes) were not run, shown beside them; repeatable, the first match counts")
     r.set_defaults(func=_report)
 
     add_build_lmdb_parser(sub)

@@ -67,6 +67,10 @@ RANKS_FILE, RESOURCES_FILE = "ranks.npz", "resources.json"
 PAIR_WHY = ("--pair", "vs full", "transfer vs scratch")
 
 
+class NoRuns(Adapter4RecError):
+    """No finished run under the paths given."""
+
+
 class _Missing:
     """A key a run's config does not have (another method's option)."""
 
@@ -239,7 +243,7 @@ def collect_runs(paths: list[str]) -> list[RunInfo]:
                                 res, _epochs(run), resources if isinstance(resources, dict) else {},
                                 digest, src))
     if not runs:
-        raise Adapter4RecError(f"no metrics.json under {', '.join(map(str, paths))}")
+        raise NoRuns(f"no metrics.json under {', '.join(map(str, paths))}")
     sources = {r.source for r in runs if r.source is not None}
     for r in runs:
         r.is_source = r.path.resolve() in sources
@@ -669,6 +673,60 @@ def pair_table(pairs, k: int = 10, resamples: int = 1000, seed: int = 0):
     return pd.DataFrame(rows, columns=cols), skipped
 
 
+# ------------------------------------------------------------------- planned runs not finished
+
+def _progress(folder: Path) -> str:
+    """What a run folder without a metrics.json holds: the epochs it finished so far, or nothing."""
+    epochs = [e for e in _epochs(folder) if isinstance(e.get("valid"), dict)]
+    if epochs:
+        best = max(epochs, key=lambda e: e["valid"].get("NDCG@10", -math.inf))
+        return (f"in progress: {len(epochs)} epoch(s) finished, best valid NDCG@10 "
+                f"{best['valid'].get('NDCG@10', math.nan):.4f} (epoch {best.get('epoch')})")
+    if (folder / "checkpoints").exists() or (folder / "config.yaml").is_file():
+        return "started, no epoch finished"
+    return "not started"
+
+
+def _why(specs) -> list[tuple[str, str]]:
+    out = []
+    for spec in specs:
+        pattern, _, text = str(spec).partition(":")  # run names and their patterns have no ':'
+        if not pattern.strip() or not text.strip():
+            raise Adapter4RecError(f"--why {spec!r}: give PATTERN:REASON (a run-name pattern, "
+                                   "as suite run --only takes, then why those runs were not run)")
+        out.append((pattern.strip(), text.strip()))
+    return out
+
+
+def unfinished_runs(suites, why=()) -> pd.DataFrame:
+    """One row per planned run of ``suites`` (suite files) that has no metrics.json: the suite, the
+    run, its phase, its state (in progress: the epochs so far; failed or blocked as the suite's
+    last ``suite.json`` says; not started) and, for the first ``why`` "PATTERN:REASON" whose
+    pattern matches the run's name, the reason it was not run."""
+    from .suite import Suite, matches  # the suite runner imports the trainer: only when asked
+
+    reasons = _why(why)
+    rows, seen = [], set()
+    for path in suites:
+        s = Suite(path)
+        last = _read_json(s.output / "suite.json", "suite.json") or {}
+        status = {r.get("name"): r for r in last.get("runs", []) if isinstance(r, dict)} \
+            if isinstance(last, dict) else {}
+        for r in s.sources + s.select_runs + s.main:
+            if (r.folder / "metrics.json").is_file() or r.folder.resolve() in seen:
+                continue  # finished, or listed already (a source that two suites share)
+            seen.add(r.folder.resolve())
+            state = _progress(r.folder)
+            said = status.get(r.name) or {}
+            if said.get("status") in ("failed", "blocked") and said.get("error"):
+                state = f"{said['status']}: {said['error']}" + ("" if state == "not started"
+                                                               else f" ({state})")
+            reason = next((text for pattern, text in reasons if matches(r.name, pattern)), "")
+            rows.append({"suite": s.name, "run": r.name, "phase": r.phase, "state": state,
+                         "why": reason})
+    return pd.DataFrame(rows, columns=["suite", "run", "phase", "state", "why"])
+
+
 # -------------------------------------------------------------------------------------- report
 
 @dataclass
@@ -685,11 +743,20 @@ class Report:
     resamples: int = 1000
     sources: list[RunInfo] = field(default_factory=list)  # runs that others start from
     source_table: pd.DataFrame | None = None
+    unfinished: pd.DataFrame | None = None  # planned runs of the suites given, not finished
 
 
 def build(paths: list[str], pairs=(), auto: bool = True, k: int = 10, resamples: int = 1000,
-          seed: int = 0) -> Report:
-    found = collect_runs(paths)
+          seed: int = 0, suites=(), why=()) -> Report:
+    unfinished = unfinished_runs(suites, why) if suites else None
+    try:
+        found = collect_runs(paths)
+    except NoRuns:
+        if unfinished is None:
+            raise
+        empty = pd.DataFrame()  # nothing finished yet: the report is the list of what is planned
+        return Report([], [], [], empty, empty, empty, [], k, resamples=resamples,
+                      unfinished=unfinished)
     # the source runs others start from (pretraining) are listed apart: compared with the runs
     # adapted from them, their other data would name every label
     runs = [r for r in found if not r.is_source] or found
@@ -703,7 +770,7 @@ def build(paths: list[str], pairs=(), auto: bool = True, k: int = 10, resamples:
     rep = Report(runs, keys, variants, run_table(runs, keys),
                  variant_table(variants, keys, several), ptable, skipped, k, resamples=resamples,
                  sources=sources, source_table=run_table(sources, varied_keys(sources))
-                 if sources else None)
+                 if sources else None, unfinished=unfinished)
     if several:
         for g in group_names:
             gr = [r for r in runs if r.group == g]
@@ -762,7 +829,7 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def to_markdown(rep: Report) -> str:
-    out = ["## Runs", "", markdown_table(rep.run_table)]
+    out = ["## Runs", "", markdown_table(rep.run_table) if rep.runs else "No run has finished yet."]
     if rep.keys:
         out += ["", "Varied keys: " + ", ".join(f"`{k}`" for k in rep.keys) + "."]
     if any(len(v.runs) > 1 for v in rep.variants) or rep.groups:
@@ -785,6 +852,11 @@ def to_markdown(rep: Report) -> str:
     if rep.source_table is not None:
         out += ["", "## Source runs (train.init_from of the runs above)", "",
                 markdown_table(rep.source_table)]
+    if rep.unfinished is not None:
+        n = len(rep.unfinished)
+        out += ["", "## Planned runs not finished", ""]
+        out.append(markdown_table(rep.unfinished) if n else
+                   "Every planned run of the suites finished.")
     return "\n".join(out)
 
 
@@ -796,6 +868,9 @@ def write_csv(rep: Report, path: str | Path) -> list[Path]:
     rep.run_table.to_csv(written[0], index=False)
     rep.variant_table.to_csv(written[1], index=False)
     rep.pair_table.to_csv(written[2], index=False)
+    if rep.unfinished is not None:
+        written.append(Path(f"{stem}.unfinished.csv"))
+        rep.unfinished.to_csv(written[-1], index=False)
     return written
 
 
@@ -1036,7 +1111,7 @@ def write_plots(rep: Report, folder: str | Path) -> list[Path]:
     where that fraction varies; tradeoff_<group>.png per folder group when there are several."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    metric = plot_metric(rep.variant_table, rep.k)
+    metric = plot_metric(rep.variant_table, rep.k) if rep.runs else None
     if metric is None:
         return []
     out = [plot_tradeoff(rep.variants, rep.variant_table, metric, folder / "tradeoff.png",
@@ -1073,12 +1148,15 @@ def collect(paths: list[str]) -> list[dict]:
 
 def report(paths: list[str], plot: str | None = None, markdown: str | None = None,
            csv: str | None = None, plots: str | None = None, pairs=(), auto_pairs: bool = True,
-           k: int = 10, resamples: int = 1000, seed: int = 0, quiet: bool = False) -> list[dict]:
+           k: int = 10, resamples: int = 1000, seed: int = 0, quiet: bool = False,
+           suites=(), why=()) -> list[dict]:
     """Print (and write) the tables of the runs under ``paths``; returns the run table's rows.
 
     ``plot``: the trade-off PNG alone; ``plots``: a folder for every plot; ``pairs``: "A:B"
-    (labels, run names or patterns) compared beside the automatic pairs (``auto_pairs``)."""
-    rep = build(paths, pairs, auto_pairs, k, resamples, seed)
+    (labels, run names or patterns) compared beside the automatic pairs (``auto_pairs``);
+    ``suites``: suite files whose planned runs without a metrics.json are listed (with their
+    progress, and the reason of the first ``why`` "PATTERN:REASON" matching each)."""
+    rep = build(paths, pairs, auto_pairs, k, resamples, seed, suites, why)
     text = to_markdown(rep)
     written = []
     if markdown:
@@ -1086,7 +1164,7 @@ def report(paths: list[str], plot: str | None = None, markdown: str | None = Non
         Path(markdown).write_text(text + "\n", encoding="utf-8")
     if csv:
         written += write_csv(rep, csv)
-    if plot:
+    if plot and rep.runs:
         metric = plot_metric(rep.variant_table, k)
         got = metric and plot_tradeoff(rep.variants, rep.variant_table, metric, plot)
         if got:
