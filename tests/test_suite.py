@@ -486,7 +486,7 @@ def test_report_lists_the_planned_runs_not_finished_and_why(tmp_path, domains, m
     assert main(["report", str(out), "--suite", str(p)]) == 0
     text = capsys.readouterr().out
     assert "No run has finished yet." in text
-    assert text.count("| not started |") == 5
+    assert text.count(" | not started |  |") == 5  # the 4 main runs and the source
     monkeypatch.setattr(suite_mod, "train", fake_train(fail={"seed=2"}))
     with pytest.raises(Adapter4RecError):
         run_suite(p, only=["seed=1", "seed=2"], echo=lambda _: None)
@@ -495,6 +495,11 @@ def test_report_lists_the_planned_runs_not_finished_and_why(tmp_path, domains, m
     (out / "seed=3" / "metrics.jsonl").write_text(
         "".join(json.dumps({"epoch": e, "valid": {"NDCG@10": v}}) + "\n"
                 for e, v in ((0, 0.05), (1, 0.07))) + '{"epoch": 2, "val', encoding="utf-8")
+    (out / "seed=3" / "resources.json").write_text(json.dumps(
+        {"epochs": [{"epoch": 0, "epoch_seconds": 3000, "eval_seconds": 600},
+                    {"epoch": 1, "epoch_seconds": 1800, "eval_seconds": None}]}), encoding="utf-8")
+    (out / "seed=1" / "resources.json").write_text(json.dumps(
+        {"epochs": [{"epoch": 0, "epoch_seconds": 1700, "eval_seconds": 100}]}), encoding="utf-8")
     md = tmp_path / "r.md"
     assert main(["report", str(out), "--suite", str(p), "--markdown", str(md), "--csv",
                  str(tmp_path / "r.csv"), "--why", "seed=4:CPU budget", "--why", "seed=*:later"]) == 0
@@ -506,7 +511,11 @@ def test_report_lists_the_planned_runs_not_finished_and_why(tmp_path, domains, m
                                        "0.0700 (epoch 1)")
     assert rows["seed=4"]["state"] == "not started" and rows["seed=4"]["why"] == "CPU budget"
     assert rows["seed=3"]["why"] == "later"  # the first matching --why counts
+    (summary,) = pd.read_csv(tmp_path / "r.suites.csv").to_dict("records")
+    assert summary == {"suite": "s", "planned": 5, "finished": 1, "in progress": 1, "failed": 1,
+                       "not started": 2, "hours finished": 0.5, "hours unfinished": 1.5}
     text = md.read_text(encoding="utf-8")
+    assert "| s | 5 | 1 | 1 | 1 | 2 | 0.50 | 1.50 |" in text
     assert "## Planned runs not finished" in text and "| seed=4 | main | not started | CPU budget |" in text
     assert main(["report", str(out), "--suite", str(p), "--why", "no reason"]) == 2
     assert "PATTERN:REASON" in capsys.readouterr().err

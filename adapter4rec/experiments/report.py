@@ -698,33 +698,63 @@ def _why(specs) -> list[tuple[str, str]]:
     return out
 
 
-def unfinished_runs(suites, why=()) -> pd.DataFrame:
-    """One row per planned run of ``suites`` (suite files) that has no metrics.json: the suite, the
+def _run_hours(folder: Path) -> float:
+    """Hours of training and evaluation a run folder records (resources.json, one record per epoch
+    kept; an epoch cut by a kill and trained again counts once; cache builds are not in it)."""
+    res = _read_json(folder / RESOURCES_FILE, RESOURCES_FILE) or {}
+    epochs = res.get("epochs", []) if isinstance(res, dict) else []
+    return sum(float(e.get(k) or 0) for e in epochs if isinstance(e, dict)
+               for k in ("epoch_seconds", "eval_seconds")) / 3600
+
+
+def suite_progress(suites, why=()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per suite: its planned runs, how many finished, are in progress, failed or not
+    started, and the hours of training and evaluation in its finished and unfinished runs;
+    one row per planned run of ``suites`` (suite files) that has no metrics.json: the suite, the
     run, its phase, its state (in progress: the epochs so far; failed or blocked as the suite's
     last ``suite.json`` says; not started) and, for the first ``why`` "PATTERN:REASON" whose
-    pattern matches the run's name, the reason it was not run."""
+    pattern matches the run's name, the reason it was not run). A run that two suites share
+    (their source) counts in both, but its row and hours only in the first; a main run linked to
+    its winning selection run adds no hours of its own."""
     from .suite import Suite, matches  # the suite runner imports the trainer: only when asked
 
     reasons = _why(why)
-    rows, seen = [], set()
+    rows, summary, seen = [], [], set()
     for path in suites:
         s = Suite(path)
         last = _read_json(s.output / "suite.json", "suite.json") or {}
         status = {r.get("name"): r for r in last.get("runs", []) if isinstance(r, dict)} \
             if isinstance(last, dict) else {}
+        count = Counter()
+        hours = {"finished": 0.0, "unfinished": 0.0}
         for r in s.sources + s.select_runs + s.main:
-            if (r.folder / "metrics.json").is_file() or r.folder.resolve() in seen:
-                continue  # finished, or listed already (a source that two suites share)
+            count["planned"] += 1
+            shared = r.folder.resolve() in seen
             seen.add(r.folder.resolve())
+            if (r.folder / "metrics.json").is_file():
+                count["finished"] += 1
+                hours["finished"] += 0.0 if shared else _run_hours(r.folder)
+                continue
             state = _progress(r.folder)
             said = status.get(r.name) or {}
             if said.get("status") in ("failed", "blocked") and said.get("error"):
                 state = f"{said['status']}: {said['error']}" + ("" if state == "not started"
                                                                else f" ({state})")
+            count["failed" if state.startswith(("failed", "blocked")) else
+                  "not started" if state == "not started" else "in progress"] += 1
+            if shared:  # listed, and its hours counted, in the suite listed first
+                continue
+            hours["unfinished"] += _run_hours(r.folder)
             reason = next((text for pattern, text in reasons if matches(r.name, pattern)), "")
             rows.append({"suite": s.name, "run": r.name, "phase": r.phase, "state": state,
                          "why": reason})
-    return pd.DataFrame(rows, columns=["suite", "run", "phase", "state", "why"])
+        summary.append({"suite": s.name, "planned": count["planned"], "finished": count["finished"],
+                        "in progress": count["in progress"], "failed": count["failed"],
+                        "not started": count["not started"],
+                        "hours finished": round(hours["finished"], 2),
+                        "hours unfinished": round(hours["unfinished"], 2)})
+    return (pd.DataFrame(summary),
+            pd.DataFrame(rows, columns=["suite", "run", "phase", "state", "why"]))
 
 
 # -------------------------------------------------------------------------------------- report
@@ -744,11 +774,12 @@ class Report:
     sources: list[RunInfo] = field(default_factory=list)  # runs that others start from
     source_table: pd.DataFrame | None = None
     unfinished: pd.DataFrame | None = None  # planned runs of the suites given, not finished
+    suites: pd.DataFrame | None = None      # per suite given: runs planned, finished, ..., hours
 
 
 def build(paths: list[str], pairs=(), auto: bool = True, k: int = 10, resamples: int = 1000,
           seed: int = 0, suites=(), why=()) -> Report:
-    unfinished = unfinished_runs(suites, why) if suites else None
+    progress, unfinished = suite_progress(suites, why) if suites else (None, None)
     try:
         found = collect_runs(paths)
     except NoRuns:
@@ -756,7 +787,7 @@ def build(paths: list[str], pairs=(), auto: bool = True, k: int = 10, resamples:
             raise
         empty = pd.DataFrame()  # nothing finished yet: the report is the list of what is planned
         return Report([], [], [], empty, empty, empty, [], k, resamples=resamples,
-                      unfinished=unfinished)
+                      unfinished=unfinished, suites=progress)
     # the source runs others start from (pretraining) are listed apart: compared with the runs
     # adapted from them, their other data would name every label
     runs = [r for r in found if not r.is_source] or found
@@ -770,7 +801,7 @@ def build(paths: list[str], pairs=(), auto: bool = True, k: int = 10, resamples:
     rep = Report(runs, keys, variants, run_table(runs, keys),
                  variant_table(variants, keys, several), ptable, skipped, k, resamples=resamples,
                  sources=sources, source_table=run_table(sources, varied_keys(sources))
-                 if sources else None, unfinished=unfinished)
+                 if sources else None, unfinished=unfinished, suites=progress)
     if several:
         for g in group_names:
             gr = [r for r in runs if r.group == g]
@@ -802,7 +833,7 @@ def _cell(col: str, v) -> str:
             return f"{v:.3g}"
         if col == "adapter_mb":
             return f"{v:.3f}"
-        if col.startswith("epoch_s"):
+        if col.startswith(("epoch_s", "hours")):
             return f"{v:.2f}"
         if col.startswith("peak_"):
             return f"{v:.0f}"
@@ -852,6 +883,9 @@ def to_markdown(rep: Report) -> str:
     if rep.source_table is not None:
         out += ["", "## Source runs (train.init_from of the runs above)", "",
                 markdown_table(rep.source_table)]
+    if rep.suites is not None:
+        out += ["", "## Suites (hours of training and evaluation recorded in the run folders)", "",
+                markdown_table(rep.suites)]
     if rep.unfinished is not None:
         n = len(rep.unfinished)
         out += ["", "## Planned runs not finished", ""]
@@ -868,9 +902,10 @@ def write_csv(rep: Report, path: str | Path) -> list[Path]:
     rep.run_table.to_csv(written[0], index=False)
     rep.variant_table.to_csv(written[1], index=False)
     rep.pair_table.to_csv(written[2], index=False)
-    if rep.unfinished is not None:
-        written.append(Path(f"{stem}.unfinished.csv"))
-        rep.unfinished.to_csv(written[-1], index=False)
+    for name, df in (("suites", rep.suites), ("unfinished", rep.unfinished)):
+        if df is not None:
+            written.append(Path(f"{stem}.{name}.csv"))
+            df.to_csv(written[-1], index=False)
     return written
 
 
