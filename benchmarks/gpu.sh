@@ -19,18 +19,7 @@
 #   cp -r ../shared/pretrained_configs/{bert-base-uncased,vit-base-patch16-224} shared/pretrained_configs/
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-SITE=${A4R_SITE:-/tmp/a4r-site}
-WHEELS=${A4R_WHEELS:-benchmarks/wheels}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-shopt -s nullglob
-wheels=("$WHEELS"/*.whl)
-if ((${#wheels[@]})); then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" ||
-    echo "gpu.sh: installing ${wheels[*]} failed (another Python version's wheel?); going on without" >&2
-  export PYTHONPATH="$PYTHONPATH:$SITE"  # after the checkout: an adapter4rec wheel never shadows it
-fi
+. benchmarks/gpu_env.sh  # PY, PYTHONPATH, the wheels, A4R_SHARED
 "$PY" -c "import lmdb" 2>/dev/null || echo "gpu.sh: lmdb not importable (no wheel in $WHEELS): ViT rows skipped" >&2
-export PYTHONUNBUFFERED=1
 # gpu.py stops starting rows at --budget-s (200 s); this bounds the whole run whatever happens
 exec timeout "${A4R_GPU_TIMEOUT:-230}" "$PY" benchmarks/gpu.py "$@"

@@ -147,3 +147,24 @@ def test_gpu_script_cut_short_and_bad_rows(tmp_path):
     assert [r["skipped"] for r in result["rows"]] == ["time budget (0 s) spent"] * 2
     proc = gpu_sh(tmp_path, "--rows", "bert:nope")
     assert proc.returncode != 0 and "unknown --rows bert:nope" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_study_gpu_script_smoke(tmp_path):
+    """scripts/study_scientific_gpu.sh (issue 17's GPU rows) end to end at the suite's smoke size:
+    the same script, suite and report as on the GPU, tiny models on synthetic data."""
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env.update(A4R_WHEELS=str(tmp_path / "no-wheels"), PYTHON=sys.executable, OMP_NUM_THREADS="1",
+               OUT=str(tmp_path / "out"), A4R_STUDY_GPU_RUNS=str(tmp_path / "runs"))
+    cmd = ["bash", str(ROOT / "scripts" / "study_scientific_gpu.sh"), "--smoke"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["device.txt", "report.md", "runs.csv",
+                                                     "runs.pairs.csv", "runs.variants.csv", "suite.log"]
+    assert (out / "device.txt").read_text().startswith("device: ")
+    md = (out / "report.md").read_text()
+    for method in ("houlsby", "full", "iisan"):
+        assert f"/method={method} | {method} |" in md
+    assert "## Source runs" in md and "[4/4] method=iisan: trained" in (out / "suite.log").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "method=iisan: finished before, skipped" in again.stdout
