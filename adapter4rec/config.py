@@ -34,7 +34,7 @@ class DataConfig:
     with_abstract: bool = False       # append the abstract column to the title
     exclude_history: bool = True      # mask the user's history when ranking (as the reference)
     unknown_items: str = "error"      # item in users file missing from items file: error | drop
-    user_fraction: float = 1.0        # share of the users kept (after min_seq_len), in (0, 1]: a seeded subset, listed in users_kept.txt
+    user_fraction: float = 1.0        # share of the users kept (after min_seq_len), in (0, 1]: a seeded subset, listed in users_kept.txt; only their items are kept (ranked)
     fraction_seed: int = 0            # seed of that subset; for one seed a smaller fraction keeps a subset of a larger one's users
     images: str = ""                  # LMDB image store (image items)
     image_size: int = 0               # 0: the backbone's own image size
