@@ -310,3 +310,29 @@ def test_a_suites_selection_runs_are_left_out_unless_asked_for(tmp_path):
     (suite / "suite.json").write_text("{}")
     assert sorted(r.path.name for r in collect_runs([str(suite)])) == ["method=full", "method=houlsby"]
     assert [r.path.name for r in collect_runs([str(suite / "select")])] == ["method=houlsby,lr=0.001"]
+
+
+def test_automatic_pairs_keep_the_objective_and_fall_back_to_the_one_full_run():
+    """The study's layout at one target fraction: the learning rate selected per method (so no
+    full run shares an adapter's), full and houlsby also with BCE. Each method pairs with the full
+    run of its own objective; no BCE run pairs with the (in-batch) scratch run."""
+    lr = "train.lr_peft"
+    runs = [_run("full", **{"peft.method": "full", lr: 5e-4}),
+            _run("full_bce", **{"peft.method": "full", lr: 1e-3, "train.objective": "bce"}),
+            _run("houlsby", **{lr: 5e-4}),
+            _run("houlsby_bce", **{lr: 1.5e-4, "train.objective": "bce"}),
+            _run("frozen", **{"peft.method": "frozen", lr: 1e-3}),
+            _run("iisan", **{"peft.method": "iisan", lr: 1e-4}),
+            _run("scratch", **{"peft.method": "full", "init": "scratch", lr: 1e-3})]
+    for r in runs:
+        r.config.setdefault("train.objective", "inbatch")
+    keys = rp.varied_keys(runs)
+    variants = rp.make_variants(runs, keys, by_group=False)
+    name = {id(v): v.runs[0].name for v in variants}
+    got = {(name[id(a)], name[id(b)], why) for a, b, why in rp.auto_pairs(variants, keys)}
+    assert got == {("houlsby", "full", "vs full"), ("houlsby_bce", "full_bce", "vs full"),
+                   ("frozen", "full", "vs full"), ("iisan", "full", "vs full"),
+                   ("full", "scratch", "transfer vs scratch"),
+                   ("houlsby", "scratch", "transfer vs scratch"),
+                   ("frozen", "scratch", "transfer vs scratch"),
+                   ("iisan", "scratch", "transfer vs scratch")}

@@ -50,6 +50,7 @@ FRACTION_SEED = "data.fraction_seed"
 SEEDS = (SEED, FRACTION_SEED)  # runs that differ only in these are seeds of one variant
 INIT, SOURCE_DATA, SOURCE_FRACTION = "init", "source_data", "source_fraction"
 FRACTION = "data.user_fraction"
+OBJECTIVE = "train.objective"
 DERIVED = (INIT, SOURCE_DATA, SOURCE_FRACTION)
 # keys a run may lack (written by an older adapter4rec), with the value they then mean
 DEFAULTS = {FRACTION: 1.0, FRACTION_SEED: 0}
@@ -598,8 +599,10 @@ def explicit_pairs(variants: list[Variant], specs) -> list[tuple[Variant, Varian
 
 
 def _task_keys(keys: list[str]) -> list[str]:
-    """What defines the task a run solves: its data (and fractions) and where it starts from."""
-    return [k for k in keys if k.startswith("data.") or k in DERIVED]
+    """What defines the task a run solves: its data (and fractions), where it starts from, and
+    the objective it is trained on (a BCE run is never paired with an in-batch softmax one: the
+    objective moves the metric as much as a method does)."""
+    return [k for k in keys if k.startswith("data.") or k in DERIVED or k == OBJECTIVE]
 
 
 def _partner(v: Variant, cands: list[Variant], levels: list[list[str]]) -> Variant | None:
