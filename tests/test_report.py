@@ -336,3 +336,32 @@ def test_automatic_pairs_keep_the_objective_and_fall_back_to_the_one_full_run():
                    ("houlsby", "scratch", "transfer vs scratch"),
                    ("frozen", "scratch", "transfer vs scratch"),
                    ("iisan", "scratch", "transfer vs scratch")}
+
+
+def test_run_json_records_the_learning_rates_that_train_something(study):
+    groups = {m: json.loads((study / "rq1" / f"{m}_s1" / "run.json").read_text())["param_groups"]
+              for m in ("full", "houlsby")}
+    assert "peft" not in groups["full"] and groups["houlsby"]["peft"]["params"] > 0
+    cfg = load_config(overrides=BASE)
+    assert groups["houlsby"]["peft"]["lr"] == cfg.train.lr_peft
+    assert groups["full"]["rest"]["lr"] == cfg.train.lr
+    runs = rp.collect_runs([str(study / "rq1")])
+    assert {r.name: r.lr_roles for r in runs}["full_s1"] == frozenset(groups["full"])
+
+
+def test_labels_leave_out_learning_rates_of_no_parameter():
+    """A learning rate selected per method sets lr_peft for full fine-tuning too, which has no
+    inserted module: "full lr_peft=0.0005" would name a setting that trains nothing."""
+    lr = "train.lr_peft"
+    runs = [_run("full", **{"peft.method": "full", lr: 5e-4}),
+            _run("h1", **{lr: 5e-4}), _run("h2", **{lr: 1e-4}),
+            _run("old", **{"peft.method": "lora", lr: 5e-4})]  # made before run.json had groups
+    runs[0].lr_roles = frozenset({"backbone", "rest"})
+    runs[1].lr_roles = runs[2].lr_roles = frozenset({"peft", "rest"})
+    keys = rp.varied_keys(runs)
+    assert sorted(v.label for v in rp.make_variants(runs, keys, by_group=False)) == [
+        "full", "houlsby lr_peft=0.0001", "houlsby lr_peft=0.0005", "lora lr_peft=0.0005"]
+    twin = _run("full2", **{"peft.method": "full", lr: 1e-4})  # labels stay distinct
+    twin.lr_roles = runs[0].lr_roles
+    labels = [v.label for v in rp.make_variants(runs + [twin], keys, by_group=False)]
+    assert len(set(labels)) == 5 and "full lr_peft=0.0001" in labels

@@ -51,6 +51,8 @@ SEEDS = (SEED, FRACTION_SEED)  # runs that differ only in these are seeds of one
 INIT, SOURCE_DATA, SOURCE_FRACTION = "init", "source_data", "source_fraction"
 FRACTION = "data.user_fraction"
 OBJECTIVE = "train.objective"
+# the optimiser role each learning rate sets (training/optim.py; run.json param_groups)
+LR_ROLE = {"train.lr": "rest", "train.lr_backbone": "backbone", "train.lr_peft": "peft"}
 DERIVED = (INIT, SOURCE_DATA, SOURCE_FRACTION)
 # keys a run may lack (written by an older adapter4rec), with the value they then mean
 DEFAULTS = {FRACTION: 1.0, FRACTION_SEED: 0}
@@ -101,6 +103,7 @@ class RunInfo:
     data_digest: str | None
     source: Path | None = None  # the source run folder (train.init_from), when found
     is_source: bool = False     # another run of the report starts from this one
+    lr_roles: frozenset | None = None  # the optimiser's roles (run.json param_groups), when recorded
 
     @property
     def method(self) -> str:
@@ -240,9 +243,11 @@ def collect_runs(paths: list[str]) -> list[RunInfo]:
             info = _read_json(run / "run.json", "run.json")
             digest = ((info or {}).get("fingerprints") or {}).get("data") if isinstance(info, dict) else None
             resources = _read_json(run / RESOURCES_FILE, RESOURCES_FILE)
+            groups = (info or {}).get("param_groups") if isinstance(info, dict) else None
             runs.append(RunInfo(run, run.name if str(rel) == "." else rel.as_posix(), "", flat,
                                 res, _epochs(run), resources if isinstance(resources, dict) else {},
-                                digest, src))
+                                digest, src, lr_roles=frozenset(groups)
+                                if isinstance(groups, dict) else None))
     if not runs:
         raise NoRuns(f"no metrics.json under {', '.join(map(str, paths))}")
     sources = {r.source for r in runs if r.source is not None}
@@ -406,6 +411,9 @@ def labels(variants: list[Variant], keys: list[str]) -> list[str]:
             if val is MISSING and (k.startswith(OPTIONS)  # another method's option
                                    or (k in DERIVED and scratch)):  # no source
                 continue
+            roles = v.runs[0].lr_roles
+            if k in LR_ROLE and roles is not None and LR_ROLE[k] not in roles:
+                continue  # a learning rate of no parameter (full's lr_peft): it names nothing
             if val == _default(k, v.method):
                 continue
             parts.append(f"{names[k]}={fmt_value(val)}")

@@ -172,8 +172,14 @@ class Trainer:
         self.run.data.save_kept_users(self.output)  # users_kept.txt when data.user_fraction < 1
         info = (read_run_file(self.output) or {}) if resume else {}
         starts = info.get("starts", []) + [environment(self.run.device)]
+        # the learning rates that train something: a report names a run by those alone (full
+        # fine-tuning has no lr_peft group, a frozen backbone no lr_backbone group)
+        groups = {}
+        for g in self.optimizer.param_groups:
+            role = groups.setdefault(g["name"], {"lr": g["lr"], "params": 0})
+            role["params"] += sum(p.numel() for p in g["params"])
         info.update(format=RUN_FORMAT, format_version=RUN_FORMAT_VERSION, starts=starts,
-                    world=dist.world(), fingerprints=self.fingerprints)
+                    world=dist.world(), fingerprints=self.fingerprints, param_groups=groups)
         write_text_atomic(self.output / RUN_FILE, json.dumps(info, indent=1, default=str))
 
     def cleanup(self) -> None:
