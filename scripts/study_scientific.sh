@@ -29,7 +29,19 @@ mkdir -p $OUT/plots
 # the main runs (not the selection runs); pairs: each method against full, transfer against scratch
 # and every planned run not finished yet, with its progress (docs/results/scientific/README.md: budget)
 shopt -s nullglob
+# do adapters beat frozen features? each adapter (and the side network) against frozen at each
+# fraction, once both have finished (a --pair that matches nothing is an error)
+C=runs/study/study_scientific_cheap H=runs/study/study_scientific_heavy pairs=()
+for f in 0.1 0.25 1; do
+  frozen=($C/users=$f,method=frozen,seed=*/metrics.json)
+  ((${#frozen[@]})) || continue
+  for m in houlsby pfeiffer lora layernorm kadapter compacter; do
+    [ -f "$H/method=$m,users=$f/metrics.json" ] && pairs+=(--pair "method=$m,users=$f:users=$f,method=frozen,seed=*")
+  done
+  iisan=($C/users=$f,method=iisan,seed=*/metrics.json)
+  ((${#iisan[@]})) && pairs+=(--pair "users=$f,method=iisan,seed=*:users=$f,method=frozen,seed=*")
+done
 adapter4rec report runs/study/study_scientific_cheap/users=* runs/study/study_scientific_heavy/method=* \
   runs/study/pretrain_instrument --suite $CHEAP --suite $HEAVY \
   --why '*:not reached yet (the runs go in the order of scripts/study_scientific.sh)' \
-  --markdown $OUT/report.md --csv $OUT/runs.csv --plots $OUT/plots
+  "${pairs[@]}" --markdown $OUT/report.md --csv $OUT/runs.csv --plots $OUT/plots
