@@ -82,6 +82,7 @@ class TrainConfig:
     decay_embeddings: bool = False    # also decay embedding tables (GPSD); never biases or norm gains
     clip_grad_norm: float = 0.0       # 0: no clipping
     patience: int = 5                 # early stopping on validation NDCG@10
+    min_delta: float = 0.0            # early stopping: an evaluation resets patience only when it beats the last reset's score by more than this (the best checkpoint is the maximum either way)
     eval_every: int = 1               # epochs between evaluations
     seed: int = 42                    # seeds python, numpy, torch and the batch order
     amp: str = "auto"                 # auto (bf16 on CUDA), bf16, fp32 ("off" in YAML reads as false)
@@ -312,6 +313,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'data.min_seq_len' must be at least 4: the last two items are "
                           "held out (valid, test), and a training pair needs two more; got "
                           f"{cfg.data.min_seq_len}")
+    if not cfg.train.min_delta >= 0.0 or math.isinf(cfg.train.min_delta):  # NaN fails this too
+        raise ConfigError(f"config key 'train.min_delta' must be a finite number >= 0, got {cfg.train.min_delta}")
     if not 0.0 < cfg.data.user_fraction <= 1.0:  # NaN fails this too
         raise ConfigError(f"config key 'data.user_fraction' must be in (0, 1], got {cfg.data.user_fraction}")
     if not 0.0 <= cfg.data.max_unk_fraction <= 1.0:

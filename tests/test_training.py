@@ -160,3 +160,51 @@ def test_roberta_from_config_with_random_weights(domains, tmp_path):
                                           model__pooling="mean", train__epochs=1))
     res = train(cfg, tmp_path / "run")
     assert res["total_params"] > 50257 * 32  # RoBERTa's own vocabulary: its tokenizer was used
+
+
+def _scripted_validation(monkeypatch, scores):
+    """The evaluator replaced by one that returns the next of ``scores`` as validation NDCG@10."""
+    from adapter4rec import pipeline
+
+    it = iter(scores)
+
+    def evaluate(model, content, data, device, splits, *a, **kw):
+        v = next(it)
+        res = {s: {"HR@10": v, "NDCG@10": v} for s in splits}
+        return res, {s: np.ones(4, dtype=np.float32) for s in splits}
+    monkeypatch.setattr(pipeline, "evaluate", evaluate)
+
+
+def _id_run(domains, **kw):
+    sets = {"data.path": domains[1], "model.item_encoder": "id", "model.embedding_dim": 16,
+            "model.num_heads": 2, "train.batch_size": 64, "train.progress": "false",
+            "train.amp": "fp32", "train.objective": "bce", **kw}
+    return load_config(overrides=[f"{k}={v}" for k, v in sets.items()])
+
+
+def test_min_delta_stops_on_a_plateau_and_keeps_the_best_checkpoint(domains, tmp_path, monkeypatch):
+    creep = [0.100, 0.1005, 0.1008, 0.1009, 0.1011, 0.2]  # +0.0001..0.0005 an epoch: noise
+    _scripted_validation(monkeypatch, creep)
+    res = train(_id_run(domains, **{"train.epochs": 6, "train.patience": 3,
+                                    "train.min_delta": 0.001}), tmp_path / "delta")
+    lines = (tmp_path / "delta" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # epochs 1-3 beat 0.100 by less than 0.001: patience 3 is spent
+    assert res["best_epoch"] == 3 and res["valid"]["NDCG@10"] == 0.1009  # still the maximum
+    _scripted_validation(monkeypatch, creep)
+    res = train(_id_run(domains, **{"train.epochs": 6, "train.patience": 3}), tmp_path / "zero")
+    assert res["best_epoch"] == 5  # min_delta 0 (the default): every gain resets patience
+    with pytest.raises(ConfigError, match="train.min_delta"):
+        _id_run(domains, **{"train.min_delta": -0.1})
+
+
+def test_min_delta_reference_survives_a_resume(domains, tmp_path, monkeypatch):
+    """After a resume, patience still counts from the last reset's score (0.100), not from the
+    best score (0.1005): 0.1012 beats 0.100 + 0.001 and resets it; counted from 0.1005 it would
+    not, and patience 2 would end the run there."""
+    cfg = dict(**{"train.patience": 2, "train.min_delta": 0.001})
+    _scripted_validation(monkeypatch, [0.100, 0.1005])
+    train(_id_run(domains, **{"train.epochs": 2, **cfg}), tmp_path / "run")
+    _scripted_validation(monkeypatch, [0.1012, 0.1013, 0.1014])
+    res = train(_id_run(domains, **{"train.epochs": 4, **cfg}), tmp_path / "run", resume=True)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and res["best_epoch"] == 3

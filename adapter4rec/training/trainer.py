@@ -74,6 +74,7 @@ class TrainState:
     best_valid: dict = field(default_factory=dict)
     best_test: dict = field(default_factory=dict)
     bad_evals: int = 0
+    patience_best: float | None = None  # the score of the last patience reset (None: ``best``)
     skipped: int = 0
     train_seconds: float = 0.0
     epoch_loss: float = 0.0
@@ -350,14 +351,19 @@ class Trainer:
                                        and dist.is_main(), return_ranks=True)
         record.update(res)
         key = "AUC" if cfg.eval.metric == "auc" else f"NDCG@{cfg.eval.k}"
-        if res["valid"][key] > s.best:
-            s.best, s.best_epoch, s.best_valid, s.best_test, s.bad_evals = (
-                res["valid"][key], epoch, res["valid"], res["test"], 0)
+        score = res["valid"][key]
+        # patience counts from the last score that beat its predecessor by more than min_delta
+        # (with 0, the best so far); a state saved before patience_best existed counts from best
+        reference = s.best if s.patience_best is None else s.patience_best
+        if score > reference + cfg.train.min_delta:
+            s.patience_best, s.bad_evals = score, 0
+        else:
+            s.bad_evals += 1
+        if score > s.best:  # the best checkpoint is the maximum, whatever min_delta
+            s.best, s.best_epoch, s.best_valid, s.best_test = score, epoch, res["valid"], res["test"]
             self.save_checkpoint("best")
             if dist.is_main() and ranks:  # the best epoch's per-user ranks (gathered from every rank)
                 _save_ranks(self.output / RANKS_FILE, ranks, epoch)
-        else:
-            s.bad_evals += 1
         log.info("epoch %d loss %.4f valid %s test %s", epoch, record["train_loss"],
                  _fmt(res["valid"]), _fmt(res["test"]))
         return s.bad_evals >= cfg.train.patience
