@@ -208,3 +208,24 @@ def test_min_delta_reference_survives_a_resume(domains, tmp_path, monkeypatch):
     res = train(_id_run(domains, **{"train.epochs": 4, **cfg}), tmp_path / "run", resume=True)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4 and res["best_epoch"] == 3
+
+
+def test_min_delta_on_a_checkpoint_saved_before_it_existed(domains, tmp_path, monkeypatch):
+    """A run checkpointed before TrainState.patience_best existed, resumed with min_delta: patience
+    counts from the best score the checkpoint holds (0.0789), once. Following `best` as it moved
+    (0.0797, 0.0805) ended the study's source at 0.0807 after 3 "bad" epochs, though 0.0805 beat
+    0.0789 by more than 0.001: that run's epochs 10-12, here."""
+    import torch
+
+    _scripted_validation(monkeypatch, [0.0762, 0.0789])
+    train(_id_run(domains, **{"train.epochs": 2, "train.patience": 3}), tmp_path / "run")
+    latest = tmp_path / "run" / "checkpoints" / "latest" / "trainer_state.pt"
+    state = torch.load(latest, weights_only=False)
+    del state["trainer"]["patience_best"]  # as written by the code before it
+    torch.save(state, latest)
+    _scripted_validation(monkeypatch, [0.0797, 0.0805, 0.0807, 0.0808, 0.0809, 0.0810])
+    res = train(_id_run(domains, **{"train.epochs": 8, "train.patience": 3, "train.min_delta": 0.001}),
+                tmp_path / "run", resume=True)
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(7))  # reset at 0.0805 (epoch 3); 0.0807..0.0809 spend patience 3
+    assert res["best_epoch"] == 6

@@ -353,9 +353,12 @@ class Trainer:
         key = "AUC" if cfg.eval.metric == "auc" else f"NDCG@{cfg.eval.k}"
         score = res["valid"][key]
         # patience counts from the last score that beat its predecessor by more than min_delta
-        # (with 0, the best so far); a state saved before patience_best existed counts from best
-        reference = s.best if s.patience_best is None else s.patience_best
-        if score > reference + cfg.train.min_delta:
+        # (with 0, the best so far). A state saved before patience_best existed counts from the
+        # best it holds, taken once: following `best` as it moves would let gains below
+        # min_delta ratchet the reference up without ever resetting patience
+        if s.patience_best is None:
+            s.patience_best = s.best
+        if score > s.patience_best + cfg.train.min_delta:
             s.patience_best, s.bad_evals = score, 0
         else:
             s.bad_evals += 1
