@@ -28,7 +28,6 @@ dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({pl
 print(f"device: {dev}; torch {torch.__version__}, CUDA {torch.version.cuda}, transformers {transformers.__version__}")
 PY
 cat "$RESULTS/device.txt"
-set -o pipefail
 "$PY" -m adapter4rec.cli suite run study_scientific_gpu --output "$RUNS" "$@" 2>&1 | tee "$RESULTS/suite.log"
 "$PY" -m adapter4rec.cli report "$RUNS" --markdown "$RESULTS/report.md" --csv "$RESULTS/runs.csv" > /dev/null
 echo "wrote $RESULTS/report.md (metrics after 3 epochs, not converged; epoch_s and peak memory per run)"

@@ -44,6 +44,7 @@ import yaml
 from ..config import Config
 from ..errors import Adapter4RecError
 from ..peft import registry
+from ..training.optim import LR_KEYS
 
 METHOD, SEED, OPTIONS = "peft.method", "train.seed", "peft.options."
 FRACTION_SEED = "data.fraction_seed"
@@ -51,8 +52,8 @@ SEEDS = (SEED, FRACTION_SEED)  # runs that differ only in these are seeds of one
 INIT, SOURCE_DATA, SOURCE_FRACTION = "init", "source_data", "source_fraction"
 FRACTION = "data.user_fraction"
 OBJECTIVE = "train.objective"
-# the optimiser role each learning rate sets (training/optim.py; run.json param_groups)
-LR_ROLE = {"train.lr": "rest", "train.lr_backbone": "backbone", "train.lr_peft": "peft"}
+# the optimiser role each learning rate sets (run.json param_groups lists the roles that train)
+LR_ROLE = {f"train.{key}": role for role, key in LR_KEYS.items()}
 DERIVED = (INIT, SOURCE_DATA, SOURCE_FRACTION)
 # keys a run may lack (written by an older adapter4rec), with the value they then mean
 DEFAULTS = {FRACTION: 1.0, FRACTION_SEED: 0}
@@ -690,9 +691,11 @@ def _progress(folder: Path) -> str:
     """What a run folder without a metrics.json holds: the epochs it finished so far, or nothing."""
     epochs = [e for e in _epochs(folder) if isinstance(e.get("valid"), dict)]
     if epochs:
-        best = max(epochs, key=lambda e: e["valid"].get("NDCG@10", -math.inf))
-        return (f"in progress: {len(epochs)} epoch(s) finished, best valid NDCG@10 "
-                f"{best['valid'].get('NDCG@10', math.nan):.4f} (epoch {best.get('epoch')})")
+        # the early-stopping metric: NDCG@10, or AUC for runs that rank no full catalogue (GPSD)
+        key = "NDCG@10" if "NDCG@10" in epochs[-1]["valid"] else "AUC"
+        best = max(epochs, key=lambda e: e["valid"].get(key, -math.inf))
+        return (f"in progress: {len(epochs)} epoch(s) finished, best valid {key} "
+                f"{best['valid'].get(key, math.nan):.4f} (epoch {best.get('epoch')})")
     if (folder / "checkpoints").exists() or (folder / "config.yaml").is_file():
         return "started, no epoch finished"
     return "not started"
@@ -747,12 +750,13 @@ def suite_progress(suites, why=()) -> tuple[pd.DataFrame, pd.DataFrame]:
                 hours["finished"] += 0.0 if shared else _run_hours(r.folder)
                 continue
             state = _progress(r.folder)
+            kind = "not started" if state == "not started" else "in progress"
             said = status.get(r.name) or {}
             if said.get("status") in ("failed", "blocked") and said.get("error"):
+                kind = "failed"
                 state = f"{said['status']}: {said['error']}" + ("" if state == "not started"
                                                                else f" ({state})")
-            count["failed" if state.startswith(("failed", "blocked")) else
-                  "not started" if state == "not started" else "in progress"] += 1
+            count[kind] += 1
             if shared:  # listed, and its hours counted, in the suite listed first
                 continue
             hours["unfinished"] += _run_hours(r.folder)

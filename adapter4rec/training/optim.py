@@ -10,6 +10,8 @@ from ..config import Config
 from ..peft.prompt import SoftPrompt
 
 ROLES = ("backbone", "peft", "rest")
+# the config key of each role's learning rate (run.json param_groups records the roles that train)
+LR_KEYS = {"backbone": "lr_backbone", "peft": "lr_peft", "rest": "lr"}
 
 
 def embedding_parameters(model: nn.Module) -> set[int]:
@@ -58,7 +60,7 @@ def param_groups(model, cfg: Config) -> list[dict]:
         role = ("peft" if n in tuned or "peft_" in n else
                 "backbone" if n.startswith("item_encoder.backbone.") else "rest")
         groups[role, decays(p, id(p) in embeddings, t.decay_embeddings)].append(p)
-    lrs = {"backbone": t.lr_backbone, "peft": t.lr_peft, "rest": t.lr}
+    lrs = {role: getattr(t, key) for role, key in LR_KEYS.items()}
     return [{"params": ps, "lr": lrs[r], "name": r, "decay": d,
              "weight_decay": t.weight_decay if d else 0.0}
             for (r, d), ps in groups.items() if ps]

@@ -74,7 +74,7 @@ class TrainState:
     best_valid: dict = field(default_factory=dict)
     best_test: dict = field(default_factory=dict)
     bad_evals: int = 0
-    patience_best: float | None = None  # the score of the last patience reset (None: ``best``)
+    patience_best: float = -1.0  # the score of the last patience reset
     skipped: int = 0
     train_seconds: float = 0.0
     epoch_loss: float = 0.0
@@ -206,7 +206,10 @@ class Trainer:
             self.scheduler.load_state_dict(saved["scheduler"])
         _restore_rng(saved["rng"])
         known = {f.name for f in dataclasses.fields(TrainState)}
-        self.state = TrainState(**{k: v for k, v in saved["trainer"].items() if k in known})
+        trainer = saved["trainer"]
+        # a checkpoint written before patience_best existed counts patience from its best score
+        self.state = TrainState(**{"patience_best": trainer.get("best", -1.0),
+                                   **{k: v for k, v in trainer.items() if k in known}})
         if dist.is_main():
             _keep_records_before(self.output / "metrics.jsonl", self.state.epoch)
         log.info("resumed from %s: epoch %d step %d (global step %d)", found, self.state.epoch,
@@ -352,12 +355,9 @@ class Trainer:
         record.update(res)
         key = "AUC" if cfg.eval.metric == "auc" else f"NDCG@{cfg.eval.k}"
         score = res["valid"][key]
-        # patience counts from the last score that beat its predecessor by more than min_delta
-        # (with 0, the best so far). A state saved before patience_best existed counts from the
-        # best it holds, taken once: following `best` as it moves would let gains below
-        # min_delta ratchet the reference up without ever resetting patience
-        if s.patience_best is None:
-            s.patience_best = s.best
+        # patience counts from the last reset's score, not from `best`: gains below min_delta
+        # would otherwise ratchet the reference up without ever resetting patience (with
+        # min_delta 0 the two are the same)
         if score > s.patience_best + cfg.train.min_delta:
             s.patience_best, s.bad_evals = score, 0
         else:
