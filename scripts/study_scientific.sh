@@ -26,6 +26,14 @@ if [ "${1:-}" != report ]; then
   step adapter4rec suite run $CHEAP                                           # scratch at 100%, seeds 43, 44
 fi
 mkdir -p $OUT/plots
+# the floor the table is read against: the most-popular ranking at each fraction (seconds; the
+# cheap suite's settings, so only the method tells it apart in the report)
+for f in 0.1 0.25 1; do
+  [ -f runs/study/popularity/users=$f/metrics.json ] || adapter4rec popularity \
+    --config configs/adapt/scientific_base.yaml --set data.user_fraction=$f --set train.objective=inbatch \
+    --set train.patience=3 --set train.min_delta=0.001 --set train.epochs=30 --set train.progress=false \
+    --output runs/study/popularity/users=$f
+done
 # the main runs (not the selection runs); pairs: each method against full, transfer against scratch
 # and every planned run not finished yet, with its progress (docs/results/scientific/README.md: budget)
 shopt -s nullglob
@@ -40,8 +48,11 @@ for f in 0.1 0.25 1; do
   done
   iisan=($C/users=$f,method=iisan,seed=*/metrics.json)
   ((${#iisan[@]})) && pairs+=(--pair "users=$f,method=iisan,seed=*:users=$f,method=frozen,seed=*")
+  # do frozen features, and the side network, beat the most-popular ranking?
+  pairs+=(--pair "users=$f,method=frozen,seed=*:*popularity/users=$f")
+  ((${#iisan[@]})) && pairs+=(--pair "users=$f,method=iisan,seed=*:*popularity/users=$f")
 done
 adapter4rec report runs/study/study_scientific_cheap/users=* runs/study/study_scientific_heavy/method=* \
-  runs/study/pretrain_instrument --suite $CHEAP --suite $HEAVY \
+  runs/study/pretrain_instrument runs/study/popularity --suite $CHEAP --suite $HEAVY \
   --why '*:not reached yet (the runs go in the order of scripts/study_scientific.sh)' \
   "${pairs[@]}" --markdown $OUT/report.md --csv $OUT/runs.csv --plots $OUT/plots

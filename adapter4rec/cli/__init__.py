@@ -1,4 +1,4 @@
-"""The `adapter4rec` command: train, evaluate, demo, report, build-lmdb, cache, methods, synthetic.
+"""The `adapter4rec` command: train, evaluate, popularity, demo, report, build-lmdb, cache, methods, synthetic.
 
 A run under torchrun (`torchrun --nproc_per_node N -m adapter4rec.cli train ...`) uses DDP with
 the same command line.
@@ -41,6 +41,14 @@ def _evaluate(args) -> None:
     from ..pipeline import evaluate_run
 
     print(json.dumps(evaluate_run(args.run, args.split, args.set, args.allow_source_change), indent=2))
+
+
+def _popularity(args) -> None:
+    from ..config import load_config
+    from ..training.popularity import popularity_run
+
+    res = popularity_run(load_config(args.config, args.set), args.output)
+    print(json.dumps({"valid": res["valid"], "test": res["test"]}, indent=2))
 
 
 def _demo(args) -> None:
@@ -120,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--allow-source-change", action="store_true",
                    help="evaluate even if the run's source checkpoint or frozen weights changed")
     e.set_defaults(func=_evaluate)
+
+    q = sub.add_parser("popularity", help="the most-popular baseline on a config's data, as a run "
+                       "folder the report reads (seconds)")
+    q.add_argument("--config", required=True, help="experiment YAML: its data.* and eval.k keys count")
+    q.add_argument("--output", required=True, help="run folder to write")
+    q.add_argument("--set", action="append", default=[], metavar="a.b=value", help="override a config key")
+    q.set_defaults(func=_popularity)
 
     d = sub.add_parser("demo", help="synthetic source -> target transfer, end to end")
     d.add_argument("--output", default="runs/demo")

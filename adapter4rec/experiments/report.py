@@ -68,6 +68,7 @@ PLUMBING = frozenset({
 PATHS = frozenset({"data.path", "data.images", "model.pretrained", "model.image_pretrained",
                    SOURCE_DATA})
 RANKS_FILE, RESOURCES_FILE = "ranks.npz", "resources.json"
+REFERENCES = ("popularity",)  # peft.method of the baselines that train nothing (adapter4rec popularity)
 PAIR_WHY = ("--pair", "vs full", "transfer vs scratch")
 
 
@@ -191,6 +192,9 @@ def _add_derived(flat: dict) -> Path | None:
     for k, v in DEFAULTS.items():
         flat.setdefault(k, v)
     init_from = flat.get("train.init_from") or ""
+    if flat.get(METHOD) in REFERENCES:  # a ranking that trains nothing starts from nothing either
+        flat[INIT] = MISSING
+        return None
     if not init_from:
         flat[INIT] = "scratch"
         return None
@@ -398,7 +402,8 @@ def labels(variants: list[Variant], keys: list[str]) -> list[str]:
     out = []
     for v in variants:
         parts = [v.method]
-        scratch = v.runs[0].config.get(INIT) == "scratch"
+        # no source: scratch, or a reference ranking (which has no init at all)
+        scratch = v.runs[0].config.get(INIT) in ("scratch", MISSING)
         for k in shown:
             val = v.values.get(k, MISSING)
             if k == INIT:
@@ -633,7 +638,8 @@ def auto_pairs(variants: list[Variant], keys: list[str]) -> list[tuple[Variant, 
     scratch variant at the same keys. Where none is at the same keys (a learning rate tuned per
     method, a scratch run of ``full`` only), the one partner at the same non-PEFT keys, then at
     the same data and transfer setting, if there is exactly one."""
-    cand = [v for v in variants if not v.is_source]
+    # a reference ranking (the most-popular baseline) is no method: it is compared with --pair only
+    cand = [v for v in variants if not v.is_source and v.method not in REFERENCES]
     keys = [k for k in keys if k not in SEEDS]
     non_peft = [k for k in keys if k != METHOD and not k.startswith(OPTIONS)]
     out = []

@@ -366,7 +366,7 @@ class Trainer:
             s.best, s.best_epoch, s.best_valid, s.best_test = score, epoch, res["valid"], res["test"]
             self.save_checkpoint("best")
             if dist.is_main() and ranks:  # the best epoch's per-user ranks (gathered from every rank)
-                _save_ranks(self.output / RANKS_FILE, ranks, epoch)
+                save_ranks(self.output / RANKS_FILE, ranks, epoch)
         log.info("epoch %d loss %.4f valid %s test %s", epoch, record["train_loss"],
                  _fmt(res["valid"]), _fmt(res["test"]))
         return s.bad_evals >= cfg.train.patience
@@ -449,7 +449,7 @@ def _fresh_start(output: Path) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _save_ranks(path: Path, ranks: dict, epoch: int) -> None:
+def save_ranks(path: Path, ranks: dict, epoch: int) -> None:
     """ranks.npz, atomically: {split: float32 per-user ranks}, and the epoch they are of."""
     def write(tmp):
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
