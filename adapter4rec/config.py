@@ -122,7 +122,7 @@ class CacheConfig:
     # Hidden-state cache (adapter4rec/cache): one frozen-backbone pass over all items writes the
     # per-layer states a decoupled method reads; training and evaluation then never run the backbone.
     enabled: bool = True              # iisan reads its states from the cache (false: backbone every step)
-    frozen: bool = False              # also serve peft.method frozen from the cache (pooled last layer)
+    frozen: bool = False              # also serve a frozen, unmodified item backbone from the cache (pooled last layer): peft.method frozen, or any method with towers: [user]
     dir: str = ""                     # cache root; "" -> $ADAPTER4REC_CACHE or ~/.cache/adapter4rec
     dtype: str = "float16"            # float16 | bfloat16 (stored as raw 16-bit words)
     batch_size: int = 256             # items per backbone batch while building

@@ -19,7 +19,7 @@ if [ "${1:-}" != report ]; then
   step adapter4rec suite run $CHEAP --only 'users=0.1'                        # source + cached/scratch at 10%
   step adapter4rec suite run $HEAVY --only method=houlsby --only method=full  # selection, 10%, 25%, BCE
   step adapter4rec suite run $CHEAP --only 'users=0.25'
-  step adapter4rec suite run $CHEAP --only 'users=1,method=iisan' --only 'users=1,method=frozen'  # minutes
+  step adapter4rec suite run $CHEAP --only 'users=1,method=iisan' --only 'users=1,method=frozen*'  # minutes
   step adapter4rec suite run $HEAVY --only method=lora --only method=layernorm --only method=pfeiffer
   step adapter4rec suite run $CHEAP --only 'users=1,method=scratch,seed=42'  # hours: one seed first
   step adapter4rec suite run $HEAVY                                           # kadapter, compacter
@@ -41,15 +41,19 @@ shopt -s nullglob
 # fraction, once both have finished (a --pair that matches nothing is an error)
 C=runs/study/study_scientific_cheap H=runs/study/study_scientific_heavy pairs=()
 for f in 0.1 0.25 1; do
-  frozen=($C/users=$f,method=frozen,seed=*/metrics.json)
-  ((${#frozen[@]})) || continue
-  for m in houlsby pfeiffer lora layernorm kadapter compacter; do
-    [ -f "$H/method=$m,users=$f/metrics.json" ] && pairs+=(--pair "method=$m,users=$f:users=$f,method=frozen,seed=*")
+  # against both frozen baselines: both towers frozen (frozen), the user tower tuned (frozen_items)
+  for base in frozen frozen_items; do
+    fr=($C/users=$f,method=$base,seed=*/metrics.json)
+    ((${#fr[@]})) || continue
+    for m in houlsby pfeiffer lora layernorm kadapter compacter; do
+      [ -f "$H/method=$m,users=$f/metrics.json" ] && pairs+=(--pair "method=$m,users=$f:users=$f,method=$base,seed=*")
+    done
+    iisan=($C/users=$f,method=iisan,seed=*/metrics.json)
+    ((${#iisan[@]})) && pairs+=(--pair "users=$f,method=iisan,seed=*:users=$f,method=$base,seed=*")
+    # do frozen features beat the most-popular ranking?
+    pairs+=(--pair "users=$f,method=$base,seed=*:*popularity/users=$f")
   done
   iisan=($C/users=$f,method=iisan,seed=*/metrics.json)
-  ((${#iisan[@]})) && pairs+=(--pair "users=$f,method=iisan,seed=*:users=$f,method=frozen,seed=*")
-  # do frozen features, and the side network, beat the most-popular ranking?
-  pairs+=(--pair "users=$f,method=frozen,seed=*:*popularity/users=$f")
   ((${#iisan[@]})) && pairs+=(--pair "users=$f,method=iisan,seed=*:*popularity/users=$f")
 done
 adapter4rec report runs/study/study_scientific_cheap/users=* runs/study/study_scientific_heavy/method=* \

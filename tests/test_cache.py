@@ -220,6 +220,32 @@ def test_frozen_method_served_from_the_cache(domains, tiny_bert, tmp_path):
                           atol=3e-3)
 
 
+def test_any_method_that_leaves_the_item_backbone_alone_is_served_from_the_cache(domains, tiny_bert,
+                                                                                  tmp_path):
+    # full fine-tuning of the user tower only: frozen item features with SASRec trained on them
+    base = overrides(domains[0], tiny_bert, peft__method="full") + ["peft.options.towers=[user]"]
+    _, plain, content, _ = prepare(load_config(overrides=base))
+    cfg = load_config(overrides=base + ["cache.frozen=true", f"cache.dir={tmp_path}"])
+    _, cached, ccontent, summary = prepare(cfg)
+    assert isinstance(ccontent, CachedContent)
+    assert summary["towers"]["user"]["trainable"] > 0 and summary["towers"]["item"]["trainable"] == 0
+    cached.load_state_dict({k: v for k, v in plain.state_dict().items()  # the released backbone aside
+                            if not k.startswith("item_encoder.backbone.")}, strict=False)
+    plain.eval(), cached.eval()
+    ids = np.arange(1, 30)
+    assert torch.allclose(plain.encode_items(content.get(ids)), cached.encode_items(ccontent.get(ids)),
+                          atol=3e-3)
+    # anything trained or inserted in the item backbone: it must run, never the cache
+    for sets in (["peft.method=houlsby"], ["peft.method=full"],
+                 ["peft.method=houlsby", "peft.options.towers=[user]", "peft.options.tune_layernorm=true"]):
+        cfg = load_config(overrides=overrides(domains[0], tiny_bert) + sets
+                          + ["cache.frozen=true", f"cache.dir={tmp_path}"])
+        _, model, c, _ = prepare(cfg)
+        item_trains = any(p.requires_grad for p in model.item_encoder.backbone.parameters())
+        inserted = any("peft_" in n for n, _ in model.item_encoder.backbone.named_modules())
+        assert isinstance(c, CachedContent) == (not item_trains and not inserted), sets
+
+
 def test_image_and_text_image_items(tiny_bert, tmp_path):
     from adapter4rec.data.synthetic import make_image_domain, write_tiny_vit
     from adapter4rec.training.trainer import train

@@ -365,3 +365,17 @@ def test_labels_leave_out_learning_rates_of_no_parameter():
     twin.lr_roles = runs[0].lr_roles
     labels = [v.label for v in rp.make_variants(runs + [twin], keys, by_group=False)]
     assert len(set(labels)) == 5 and "full lr_peft=0.0001" in labels
+
+
+def test_the_full_an_automatic_pair_compares_with_is_full_fine_tuning_of_both_towers():
+    """A `full` run with other options (towers: [user]: frozen item features, the user tower
+    tuned) is a method of its own, never the "full" a method is read against."""
+    towers = "peft.options.towers"
+    for with_full in (True, False):
+        runs = [_run("houlsby"), _run("frozen_items", **{"peft.method": "full", towers: ("user",)})]
+        runs += [_run("full", **{"peft.method": "full", towers: ("item", "user")})] if with_full else []
+        keys = rp.varied_keys(runs)
+        variants = rp.make_variants(runs, keys, by_group=False)
+        name = {id(v): v.runs[0].name for v in variants}
+        got = {(name[id(a)], name[id(b)], why) for a, b, why in rp.auto_pairs(variants, keys)}
+        assert got == ({("houlsby", "full", "vs full")} if with_full else set())

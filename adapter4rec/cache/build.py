@@ -58,12 +58,29 @@ def reads(cfg, model) -> dict[str, list[int]] | None:
     side = side_network(model)
     if side is not None:
         return {m: list(v) for m, v in side.layers.items()} if cfg.cache.enabled else None
-    if cfg.peft.method == "frozen" and cfg.cache.frozen and cfg.cache.enabled:
+    if cfg.cache.frozen and cfg.cache.enabled:
         enc = model.item_encoder
-        if getattr(enc, "backbone", None) is None or getattr(enc, "project", None) is None:
+        single = getattr(enc, "backbone", None) is not None and getattr(enc, "project", None) is not None
+        if cfg.peft.method == "frozen" and not single:
             raise ConfigError("cache.frozen: the frozen item encoder must be a text or image backbone")
-        return {m: [LAST] for m in modal_encoders(enc)}
+        if single and untouched_backbone(enc):  # frozen, or any method with towers: [user]
+            return {m: [LAST] for m in modal_encoders(enc)}
+        if single:
+            log.info("cache.frozen: the item backbone of %s trains or holds inserted modules, so it "
+                     "runs (nothing is cached)", cfg.peft.method)
     return None
+
+
+def untouched_backbone(enc) -> bool:
+    """Is ``enc``'s backbone the pretrained one as loaded: nothing in it trains, nothing is
+    inserted (``peft_*`` modules) or hooked into it? Then it is a fixed feature extractor (it runs
+    in eval mode, docs/differences.md) and its pooled output is what a cache of it holds."""
+    b = enc.backbone
+    if getattr(enc, "peft_side", None) is not None or any(p.requires_grad for p in b.parameters()):
+        return False
+    own = getattr(enc, "own_hooks", frozenset())
+    return not any("peft_" in name or set(m._forward_hooks) - own or set(m._forward_pre_hooks) - own
+                   for name, m in b.named_modules())
 
 
 def modal_contents(content, modalities) -> dict:

@@ -129,8 +129,10 @@ class ContentEncoder(ItemEncoder):
         self.project = nn.Sequential(nn.Linear(hidden_size(backbone), d), nn.GELU())
         self.no_grad_below = True
         self.prefix_layer = None  # k > 0 once the frozen-prefix cache serves layers 0..k-1
-        backbone.register_forward_pre_hook(partial(_enter_frozen_prefix, self))
-        backbone.register_forward_hook(partial(_leave_frozen_prefix, self), always_call=True)
+        pre = backbone.register_forward_pre_hook(partial(_enter_frozen_prefix, self))
+        post = backbone.register_forward_hook(partial(_leave_frozen_prefix, self), always_call=True)
+        # the encoder's own hooks (they change no output): a method's hooks are the other ones
+        self.own_hooks = frozenset((pre.id, post.id))
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.pooling == "cls":

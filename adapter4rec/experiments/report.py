@@ -643,7 +643,11 @@ def auto_pairs(variants: list[Variant], keys: list[str]) -> list[tuple[Variant, 
     keys = [k for k in keys if k not in SEEDS]
     non_peft = [k for k in keys if k != METHOD and not k.startswith(OPTIONS)]
     out = []
-    full = [f for f in cand if f.method == "full" and f.values.get(INIT) != "scratch"]
+    # full fine-tuning with its default options (both towers): a full run of one tower
+    # (towers: [user], frozen item features) is a method of its own, not the reference
+    full = [f for f in cand if f.method == "full" and f.values.get(INIT) != "scratch"
+            and all(_hashable(val) == _default(k, "full") for r in f.runs
+                    for k, val in r.config.items() if k.startswith(OPTIONS))]
     for v in cand:
         if v.method != "full":
             f = _partner(v, full, [non_peft, _task_keys(keys)])
