@@ -1,4 +1,5 @@
-"""The `adapter4rec` command: train, evaluate, popularity, demo, report, build-lmdb, cache, methods, synthetic.
+"""The `adapter4rec` command: train, evaluate, popularity, demo, report, build-lmdb, cache,
+methods, synthetic.
 
 A run under torchrun (`torchrun --nproc_per_node N -m adapter4rec.cli train ...`) uses DDP with
 the same command line.

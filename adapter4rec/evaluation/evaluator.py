@@ -182,3 +182,14 @@ def unreachable_targets(data: RecData, split: str) -> int:
     """Targets that are in the user's own history: with history excluded they can never be hit."""
     return sum(int(data.target(u, split) in set(data.history(u, split).tolist()))
                for u in range(data.n_users))
+
+
+def log_unreachable(data: RecData, exclude_history: bool) -> None:
+    """Warn, per split, of the targets that with history excluded can never be hit."""
+    if not exclude_history:
+        return
+    for split in ("valid", "test"):
+        n = unreachable_targets(data, split)
+        if n:
+            log.warning("%s: %d of %d targets are in the user's own history and, with "
+                        "data.exclude_history, can never be hit", split, n, data.n_users)

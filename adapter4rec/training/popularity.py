@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..config import Config, save_config
-from ..evaluation.evaluator import unreachable_targets
+from ..evaluation.evaluator import log_unreachable
 from ..evaluation.popularity import evaluate_popularity
 from ..pipeline import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, data_digest, load_data
 from ..runtime.io import write_text_atomic
@@ -25,19 +25,16 @@ METHOD = "popularity"  # peft.method in its config.yaml: what the report names i
 
 def popularity_run(cfg: Config, output: str | Path) -> dict:
     """Rank every item by its count in the training sequences of ``cfg``'s data (its
-    ``data.user_fraction`` of users, with their items only; ties broken by ``train.seed``), evaluate valid and test like a
-    trained run, and write the run folder; returns its metrics.json."""
+    ``data.user_fraction`` of users, with their items only; ties broken by ``train.seed``),
+    evaluate valid and test like a trained run, and write the run folder; returns its
+    metrics.json."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out)
     start = time.perf_counter()
     data = load_data(cfg)
     log.info("popularity: %d users, %d items", data.n_users, data.n_items)
-    for split in ("valid", "test"):
-        n = unreachable_targets(data, split)
-        if n and cfg.data.exclude_history:
-            log.info("%s: %d of %d targets are in the user's own history and, with "
-                     "data.exclude_history, can never be hit", split, n, data.n_users)
+    log_unreachable(data, cfg.data.exclude_history)
     metrics, ranks = evaluate_popularity(data, k=cfg.eval.k, exclude_history=cfg.data.exclude_history,
                                          seed=cfg.train.seed)  # the seed breaks ties in the counts
     # its config says what it was computed from: the data keys as given; no model, no source

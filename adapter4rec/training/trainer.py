@@ -37,7 +37,7 @@ from ..config import Config, save_config
 from ..data.batching import TrainBatches
 from ..data.split import RecData, check_folder
 from ..errors import Adapter4RecError, CheckpointError, ConfigError, StorageError
-from ..evaluation.evaluator import unreachable_targets
+from ..evaluation.evaluator import log_unreachable
 from ..pipeline import (RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, build_run, check_fingerprints,
                         read_run_file)
 from ..runtime import distributed as dist
@@ -127,11 +127,8 @@ class Trainer:
             if dist.is_main() and not resume:
                 self.run.data.save(self.data_path)
         self.model, data = self.run.model, self.run.data
-        for split in ("valid", "test"):
-            n = unreachable_targets(data, split)
-            if n and cfg.data.exclude_history and dist.is_main():
-                log.warning("%s: %d of %d targets are in the user's own history and, with "
-                            "data.exclude_history, can never be hit", split, n, data.n_users)
+        if dist.is_main():
+            log_unreachable(data, cfg.data.exclude_history)
         if t.compile:  # the item path (side network or encoder); compiled lazily on first call
             enc = self.model.item_encoder
             (enc.peft_side if enc.peft_side is not None else enc).compile(dynamic=True)
