@@ -74,5 +74,8 @@ def test_a_popularity_run_folder_is_reported_and_paired_only_when_asked(tmp_path
     assert ("full scratch", "popularity", "--pair") in whys  # the same users: compared
     assert not any("popularity" in (a, b) for a, b, why in whys if why != "--pair")
     assert not rep.skipped
+    # a trained run's folder is never overwritten by the baseline
+    assert main(["popularity", "--config", str(cfg), "--output", str(tmp_path / "runs" / "full")]) == 2
+    assert (tmp_path / "runs" / "full" / "config.yaml").read_text() == cfg.read_text()
     with pytest.raises(SystemExit):  # --config is required
         main(["popularity", "--output", str(tmp_path / "x")])

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..config import Config, save_config
+from ..errors import Adapter4RecError
 from ..evaluation.evaluator import log_unreachable
 from ..evaluation.popularity import evaluate_popularity
 from ..pipeline import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, data_digest, load_data
@@ -29,6 +30,10 @@ def popularity_run(cfg: Config, output: str | Path) -> dict:
     evaluate valid and test like a trained run, and write the run folder; returns its
     metrics.json."""
     out = Path(output)
+    if (out / "metrics.jsonl").is_file() or (out / "checkpoints").exists():
+        # a trained run's files would be overwritten by a baseline's: never lose them silently
+        raise Adapter4RecError(f"{out} holds a trained run: give the popularity baseline another "
+                               "--output")
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out)
     start = time.perf_counter()
