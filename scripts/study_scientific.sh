@@ -41,6 +41,7 @@ shopt -s nullglob
 # fraction, once both have finished (a --pair that matches nothing is an error)
 C=runs/study/study_scientific_cheap H=runs/study/study_scientific_heavy pairs=()
 for f in 0.1 0.25 1; do
+  iisan=($C/users=$f,method=iisan,seed=*/metrics.json)
   # against both frozen baselines: both towers frozen (frozen), the user tower tuned (frozen_items)
   for base in frozen frozen_items; do
     fr=($C/users=$f,method=$base,seed=*/metrics.json)
@@ -48,12 +49,10 @@ for f in 0.1 0.25 1; do
     for m in houlsby pfeiffer lora layernorm kadapter compacter; do
       [ -f "$H/method=$m,users=$f/metrics.json" ] && pairs+=(--pair "method=$m,users=$f:users=$f,method=$base,seed=*")
     done
-    iisan=($C/users=$f,method=iisan,seed=*/metrics.json)
     ((${#iisan[@]})) && pairs+=(--pair "users=$f,method=iisan,seed=*:users=$f,method=$base,seed=*")
     # do frozen features beat the most-popular ranking?
     pairs+=(--pair "users=$f,method=$base,seed=*:*popularity/users=$f")
   done
-  iisan=($C/users=$f,method=iisan,seed=*/metrics.json)
   ((${#iisan[@]})) && pairs+=(--pair "users=$f,method=iisan,seed=*:*popularity/users=$f")
 done
 adapter4rec report runs/study/study_scientific_cheap/users=* runs/study/study_scientific_heavy/method=* \

@@ -60,12 +60,12 @@ def reads(cfg, model) -> dict[str, list[int]] | None:
         return {m: list(v) for m, v in side.layers.items()} if cfg.cache.enabled else None
     if cfg.cache.frozen and cfg.cache.enabled:
         enc = model.item_encoder
-        single = getattr(enc, "backbone", None) is not None and getattr(enc, "project", None) is not None
-        if cfg.peft.method == "frozen" and not single:
-            raise ConfigError("cache.frozen: the frozen item encoder must be a text or image backbone")
-        if single and untouched_backbone(enc):  # frozen, or any method with towers: [user]
+        if getattr(enc, "backbone", None) is None or getattr(enc, "project", None) is None:
+            if cfg.peft.method == "frozen":
+                raise ConfigError("cache.frozen: the frozen item encoder must be a text or image backbone")
+        elif untouched_backbone(enc):  # frozen, or any method with towers: [user]
             return {m: [LAST] for m in modal_encoders(enc)}
-        if single:
+        else:
             log.info("cache.frozen: the item backbone of %s trains or holds inserted modules, so it "
                      "runs (nothing is cached)", cfg.peft.method)
     return None
