@@ -5,7 +5,9 @@
 # 2-core CPU (docs/results/scientific/README.md); on a GPU, a few hours.
 #   bash scripts/study_scientific.sh            # everything, the most informative runs first
 #   bash scripts/study_scientific.sh report     # only the report of what has finished
+#   git add $(bash scripts/study_scientific.sh finished)   # keep the finished runs in git
 #   JOBS=2 bash scripts/study_scientific.sh     # 2 runs at a time (2 GPUs, or 2 cores of a quiet CPU)
+#   LONG_RUNS=1 bash scripts/study_scientific.sh  # scratch at 100% too (about 5 h a seed on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ADAPTER4REC_DATASETS=${ADAPTER4REC_DATASETS:-../shared/datasets}
@@ -15,15 +17,26 @@ HEAVY=suites/study_scientific_heavy.yaml
 JOBS=${JOBS:-1}
 step() { echo "== $(date '+%F %T') $*"; "$@" --jobs "$JOBS" || echo "== (not finished: run the script again to resume)"; }
 
+if [ "${1:-}" = finished ]; then  # what to commit: finished runs, the links to them, the suites' records
+  find runs/study -name metrics.json -not -path '*/checkpoints/*' -printf '%h\n' | sort
+  find runs/study -type l | sort
+  find runs/study -name suite.json | sort  # what tells a suite's selection runs apart
+  exit 0
+fi
 if [ "${1:-}" != report ]; then
   step adapter4rec suite run $CHEAP --only 'users=0.1'                        # source + cached/scratch at 10%
   step adapter4rec suite run $HEAVY --only method=houlsby --only method=full  # selection, 10%, 25%, BCE
   step adapter4rec suite run $CHEAP --only 'users=0.25'
   step adapter4rec suite run $CHEAP --only 'users=1,method=iisan' --only 'users=1,method=frozen*'  # minutes
   step adapter4rec suite run $HEAVY --only method=lora --only method=layernorm --only method=pfeiffer
-  step adapter4rec suite run $CHEAP --only 'users=1,method=scratch,seed=42'  # hours: one seed first
   step adapter4rec suite run $HEAVY                                           # kadapter, compacter
-  step adapter4rec suite run $CHEAP                                           # scratch at 100%, seeds 43, 44
+  # scratch at 100%: about 5 hours a seed on 2 cores, longer than a working session, whose work
+  # tree is laid anew; its checkpoint with the optimizer (270 MB) cannot be kept in git. So only
+  # where runs outlive a session (a GPU, a machine of one's own): LONG_RUNS=1
+  if [ "${LONG_RUNS:-0}" = 1 ]; then
+    step adapter4rec suite run $CHEAP --only 'users=1,method=scratch,seed=42'  # hours: one seed first
+    step adapter4rec suite run $CHEAP                                           # seeds 43, 44
+  fi
 fi
 mkdir -p $OUT/plots
 # the floor the table is read against: the most-popular ranking at each fraction (seconds; the
@@ -57,5 +70,6 @@ for f in 0.1 0.25 1; do
 done
 adapter4rec report runs/study/study_scientific_cheap/users=* runs/study/study_scientific_heavy/method=* \
   runs/study/pretrain_instrument runs/study/popularity --suite $CHEAP --suite $HEAVY \
+  --why 'users=1,method=scratch:about 5 hours a seed on 2 cores, longer than a working session (LONG_RUNS=1 runs it)' \
   --why '*:not reached yet (the runs go in the order of scripts/study_scientific.sh)' \
   "${pairs[@]}" --markdown $OUT/report.md --csv $OUT/runs.csv --plots $OUT/plots

@@ -50,3 +50,28 @@ def test_the_wheel_installs_and_runs_without_the_source_tree(tmp_path):
         "--set", "model.item_encoder=id", "--set", "train.epochs=1", "--set", "train.progress=false",
         "--set", "model.embedding_dim=16")
     assert (work / "run" / "metrics.json").is_file()
+
+
+def test_git_keeps_the_studys_run_records_and_leaves_out_checkpoints_and_other_runs():
+    """A session's work tree is laid anew: what the study has run must be in git, and its
+    checkpoints must not (a full fine-tuning checkpoint with its optimizer is 270 MB), except the
+    source's best weights that every target run starts from."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        import pytest
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", "-q", path]).returncode == 0
+
+    run = "runs/study/study_scientific_cheap/users=0.1,method=frozen,seed=42"
+    for kept in (f"{run}/metrics.json", f"{run}/ranks.npz", f"{run}/config.yaml", f"{run}/train.log",
+                 "runs/study/study_scientific_cheap/suite.json",
+                 "runs/study/pretrain_instrument/checkpoints/best/model.safetensors"):
+        assert not ignored(kept), kept
+    for left in (f"{run}/checkpoints/best/model.safetensors", f"{run}/checkpoints/latest/trainer_state.pt",
+                 "runs/study/pretrain_instrument/checkpoints/latest/model.safetensors",
+                 f"{run}/.lock", "runs/study/study.log", "runs/demo/metrics.json"):
+        assert ignored(left), left

@@ -379,3 +379,33 @@ def test_the_full_an_automatic_pair_compares_with_is_full_fine_tuning_of_both_to
         name = {id(v): v.runs[0].name for v in variants}
         got = {(name[id(a)], name[id(b)], why) for a, b, why in rp.auto_pairs(variants, keys)}
         assert got == ({("houlsby", "full", "vs full")} if with_full else set())
+
+
+def test_amp_auto_is_read_as_the_precision_each_run_resolved_it_to(tmp_path):
+    """Two `train.amp: auto` runs made on machines with and without bf16 units computed in other
+    precisions: the report tells them apart instead of averaging them as seeds of one variant."""
+    import yaml as _yaml
+
+    def make(name, method, precisions, amp="auto", seed=1):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"valid": {"NDCG@10": 0.1}, "test": {"NDCG@10": 0.1},
+                                                      "trainable_params": 1, "total_params": 2}))
+        (run / "config.yaml").write_text(_yaml.safe_dump(
+            {"peft": {"method": method}, "train": {"amp": amp, "seed": seed}}))
+        starts = [{"precision": p} if p else {} for p in precisions]
+        (run / "run.json").write_text(json.dumps({"starts": starts}))
+
+    make("a", "houlsby", ["bf16"])
+    make("b", "houlsby", ["fp32"], seed=2)
+    make("c", "houlsby", ["bf16", "fp32"], seed=3)  # resumed elsewhere by an older adapter4rec
+    make("d", "houlsby", [None], seed=4)            # written before precision was recorded
+    make("e", "houlsby", ["bf16"], amp="fp32", seed=5)  # an explicit value is what it says
+    make("p", "popularity", [None])
+    runs = {r.name: r for r in rp.collect_runs([str(tmp_path)])}
+    got = {n: r.config.get("train.amp") for n, r in runs.items()}
+    assert got == {"a": "bf16", "b": "fp32", "c": "bf16+fp32", "d": "auto", "e": "fp32", "p": rp.MISSING}
+    houlsby = [r for r in runs.values() if r.method == "houlsby"]
+    keys = rp.varied_keys(houlsby)
+    assert "train.amp" in keys
+    assert len(rp.make_variants(houlsby, keys, by_group=False)) == 4  # a; b and e; c; d

@@ -285,6 +285,40 @@ def test_resume_with_other_batches_per_epoch_mid_epoch_is_refused(data, tmp_path
         train(cfg, run, resume=True)
 
 
+def test_a_run_folder_without_its_checkpoints_starts_over_and_keeps_no_old_records(reference, tmp_path):
+    """A run folder copied without checkpoints/ (kept in git, say, which leaves them out): the
+    resume starts from the beginning, and the records of the lost epochs do not stay beside the
+    new ones."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    for name in ("checkpoints", "metrics.json", "ranks.npz"):
+        p = run / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    train(load_config(run / "config.yaml"), run, resume=True)
+    assert_same_run(reference, run)
+
+
+def test_run_json_records_the_precision_and_a_resume_never_changes_it(data, tmp_path, monkeypatch):
+    """train.amp auto is bf16 on a CPU with bf16 units and fp32 on one without: a run moved to
+    another machine would go on in the other precision, its numbers from neither."""
+    from adapter4rec.errors import ConfigError
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        _crash_at_forward(mp, 5)
+        with pytest.raises(Crash):
+            train(load_config(overrides=_id_sets(data[0])), run)
+    info = json.loads((run / "run.json").read_text())
+    assert info["starts"][0]["precision"] == "fp32" and info["starts"][0]["cpu"]
+    info["starts"][0]["precision"] = "bf16"  # as if begun on a machine where auto meant bf16
+    (run / "run.json").write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match=r"run.json: this run began in bf16 .* set train.amp: bf16"):
+        train(load_config(run / "config.yaml"), run, resume=True)
+    assert not (run / "metrics.json").exists()
+
+
 def test_scheduler_shapes():
     from types import SimpleNamespace
 

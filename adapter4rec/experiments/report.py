@@ -52,6 +52,7 @@ SEEDS = (SEED, FRACTION_SEED)  # runs that differ only in these are seeds of one
 INIT, SOURCE_DATA, SOURCE_FRACTION = "init", "source_data", "source_fraction"
 FRACTION = "data.user_fraction"
 OBJECTIVE = "train.objective"
+AMP = "train.amp"  # "auto" is replaced by what it resolved to (run.json), where recorded
 # the optimiser role each learning rate sets (run.json param_groups lists the roles that train)
 LR_ROLE = {f"train.{key}": role for role, key in LR_KEYS.items()}
 DERIVED = (INIT, SOURCE_DATA, SOURCE_FRACTION)
@@ -193,7 +194,7 @@ def _add_derived(flat: dict) -> Path | None:
         flat.setdefault(k, v)
     init_from = flat.get("train.init_from") or ""
     if flat.get(METHOD) in REFERENCES:  # a ranking that trains nothing starts from nothing either
-        flat[INIT] = MISSING
+        flat[INIT] = flat[AMP] = MISSING  # and computes in no precision
         return None
     if not init_from:
         flat[INIT] = "scratch"
@@ -210,6 +211,14 @@ def _add_derived(flat: dict) -> Path | None:
     flat[SOURCE_DATA] = cfg.get("data.path", str(src))
     flat[SOURCE_FRACTION] = cfg.get(FRACTION, DEFAULTS[FRACTION])
     return src.resolve()
+
+
+def _precision(info) -> str | None:
+    """The precision train.amp resolved to in each start of a run (run.json; None where the run
+    was written before adapter4rec recorded it), "bf16+fp32" if its starts differ."""
+    starts = info.get("starts") if isinstance(info, dict) else None
+    got = sorted({s["precision"] for s in starts or [] if isinstance(s, dict) and s.get("precision")})
+    return "+".join(got) or None
 
 
 def _is_selection_run(run: Path, base: Path) -> bool:
@@ -246,6 +255,8 @@ def collect_runs(paths: list[str]) -> list[RunInfo]:
             flat = flatten(_read_config(run))
             src = _add_derived(flat)
             info = _read_json(run / "run.json", "run.json")
+            if flat.get(AMP) == "auto" and _precision(info):  # what auto was on its machine
+                flat[AMP] = _precision(info)
             digest = ((info or {}).get("fingerprints") or {}).get("data") if isinstance(info, dict) else None
             resources = _read_json(run / RESOURCES_FILE, RESOURCES_FILE)
             groups = (info or {}).get("param_groups") if isinstance(info, dict) else None
@@ -293,6 +304,9 @@ def varied_keys(runs: list[RunInfo]) -> list[str]:
                 if k in r.config:
                     by_method[r.method].add(r.config[k])
             if any(len(v) > 1 for v in by_method.values()):
+                out.append(k)
+        elif k == AMP:  # a reference ranking computes in no precision: it never varies it
+            if len({r.config.get(k) for r in runs if r.config.get(k, MISSING) is not MISSING}) > 1:
                 out.append(k)
         elif len({r.config.get(k, MISSING) for r in runs}) > 1:
             out.append(k)
@@ -415,7 +429,8 @@ def labels(variants: list[Variant], keys: list[str]) -> list[str]:
                     parts.append(f"{names[k]}={paths.get(val, val)}")
                 continue
             if val is MISSING and (k.startswith(OPTIONS)  # another method's option
-                                   or (k in DERIVED and scratch)):  # no source
+                                   or (k in DERIVED and scratch)  # no source
+                                   or k == AMP):  # a reference ranking: no precision
                 continue
             roles = v.runs[0].lr_roles
             if k in LR_ROLE and roles is not None and LR_ROLE[k] not in roles:

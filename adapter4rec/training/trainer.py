@@ -43,6 +43,7 @@ from ..pipeline import (RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, build_run, che
 from ..runtime import distributed as dist
 from ..runtime.io import FolderLock, atomic_write, load_into, write_text_atomic
 from ..runtime.logging import progress_enabled, setup_logging
+from ..runtime.precision import cpu_name
 from ..runtime.provenance import environment
 from ..runtime.seed import rng_state, seed_everything, set_rng_state
 from .callbacks import Callback, TensorBoard
@@ -141,6 +142,7 @@ class Trainer:
                                                                              t.max_steps_per_epoch)
         self.scheduler = make_scheduler(self.optimizer, t, t.epochs * self.steps)
         if resume:
+            self._check_precision()
             self.load_checkpoint()
         if dist.is_main():  # only now that every check has passed: config.yaml and run.json
             self._write_run_files(resume)
@@ -158,6 +160,22 @@ class Trainer:
         log.info("%s: %d trainable of %d parameters", cfg.peft.method, s["trainable"], s["total"])
         return self
 
+    @property
+    def precision(self) -> str:
+        """What train.amp resolved to on this machine (auto: bf16 on a CPU with bf16 units, fp32
+        on one without): part of what produced the numbers, so run.json records it."""
+        return "bf16" if self.run.amp is not None else "fp32"
+
+    def _check_precision(self) -> None:
+        """A run never changes precision halfway (resumed on another machine, with amp auto)."""
+        began = [s["precision"] for s in (read_run_file(self.output) or {}).get("starts", [])
+                 if isinstance(s, dict) and s.get("precision")]
+        if began and began[0] != self.precision:
+            raise ConfigError(
+                f"{self.output / RUN_FILE}: this run began in {began[0]} and would go on in "
+                f"{self.precision} here (train.amp: {self.cfg.train.amp}); set train.amp: {began[0]} "
+                "to resume it as it began, or start it anew in another output folder")
+
     def _write_run_files(self, resume: bool) -> None:
         """config.yaml (resolved: every PEFT option, defaults included) and run.json (what produced
         the run and what it is computed from), each written atomically."""
@@ -169,7 +187,9 @@ class Trainer:
         save_config(cfg, self.output / "config.yaml")
         self.run.data.save_kept_users(self.output)  # users_kept.txt when data.user_fraction < 1
         info = (read_run_file(self.output) or {}) if resume else {}
-        starts = info.get("starts", []) + [environment(self.run.device)]
+        here = environment(self.run.device)
+        here.update(precision=self.precision, cpu=cpu_name())
+        starts = info.get("starts", []) + [here]
         # the learning rates that train something: a report names a run by those alone (full
         # fine-tuning has no lr_peft group, a frozen backbone no lr_backbone group)
         groups = {}
@@ -191,6 +211,8 @@ class Trainer:
         if found is None:
             log.warning("resume: no checkpoint in %s yet; starting from the beginning",
                         self.output / "checkpoints")
+            if dist.is_main():  # the records of epochs whose checkpoints are gone start over too
+                _keep_records_before(self.output / "metrics.jsonl", 0)
             return
         weights, saved = load_checkpoint(found)
         # a resume continues the same computation: same data, seed, model, frozen weights, source
