@@ -25,6 +25,7 @@ import logging
 import math
 import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,9 @@ class Trainer:
         """Prepare the run folder, build the run, the optimiser and the batches; with ``resume``
         continue from checkpoints/latest. Without it the folder's previous run goes."""
         cfg, output, t = self.cfg, self.output, self.cfg.train
+        # the run's own peak memory, not that of earlier runs in this process (a suite with one job
+        # trains its runs one after another in one process)
+        self.rss_scope = _reset_peak_rss()
         device = dist.setup()
         if self._given[0] is None:  # before the run folder exists: a wrong path leaves nothing
             check_folder(cfg.data.path, cfg.data.users_file, cfg.data.items_file)
@@ -407,6 +411,7 @@ class Trainer:
         cuda_all = [e["peak_cuda_mb"] for e in epochs if e.get("peak_cuda_mb") is not None]
         info = {"device": self.run.device.type, "world": dist.world(),
                 "peak_rss_mb": max(e["peak_rss_mb"] for e in epochs),
+                "peak_rss_scope": self.rss_scope,
                 "peak_cuda_mb": max(cuda_all) if cuda_all else None, "epochs": epochs}
         write_text_atomic(path, json.dumps(info, indent=1))
 
@@ -477,10 +482,36 @@ def save_ranks(path: Path, ranks: dict, epoch: int) -> None:
     atomic_write(path, write)
 
 
+def _reset_peak_rss() -> str:
+    """Reset this process's peak resident memory (Linux: "5" to /proc/self/clear_refs resets
+    VmHWM): "run" when done, so the peaks read later are this run's; "process" where it cannot
+    be (another OS), so they are the process's since it began, earlier runs in it included."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return "run" if _vm_hwm_mb() is not None else "process"
+    except OSError:
+        return "process"
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _peak_memory_mb(device) -> dict:
-    """This process's peak resident memory (ru_maxrss: KiB on Linux; the whole process's life so
-    far) and, on CUDA, the peak allocated by torch since the epoch began, in MiB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory since the run began (VmHWM, reset by
+    ``_reset_peak_rss``; elsewhere ru_maxrss, the process's whole life) and, on CUDA, the peak
+    allocated by torch since the epoch began, in MiB."""
+    rss = _vm_hwm_mb()
+    if rss is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
     cuda = (torch.cuda.max_memory_allocated(device) / 2**20
             if getattr(device, "type", None) == "cuda" else None)
     return {"rss": round(rss, 1), "cuda": None if cuda is None else round(cuda, 1)}
