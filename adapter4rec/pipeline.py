@@ -340,6 +340,13 @@ def data_digest(data: RecData) -> str:
                   seqs, lengths, data.max_seq_len)
 
 
+def start_precisions(info) -> list[str]:
+    """The precision train.amp resolved to in each start of a run (``run.json``'s starts, in
+    order; starts written before adapter4rec recorded it have none)."""
+    starts = info.get("starts") if isinstance(info, dict) else None
+    return [s["precision"] for s in starts or [] if isinstance(s, dict) and s.get("precision")]
+
+
 def read_run_file(run: str | Path) -> dict | None:
     """The run folder's ``run.json`` (None for a run made before it existed); a file of a newer
     format, or one that is not a JSON object, is an error naming it."""

@@ -44,6 +44,7 @@ import yaml
 from ..config import Config
 from ..errors import Adapter4RecError
 from ..peft import registry
+from ..pipeline import start_precisions
 from ..training.optim import LR_KEYS
 
 METHOD, SEED, OPTIONS = "peft.method", "train.seed", "peft.options."
@@ -213,14 +214,6 @@ def _add_derived(flat: dict) -> Path | None:
     return src.resolve()
 
 
-def _precision(info) -> str | None:
-    """The precision train.amp resolved to in each start of a run (run.json; None where the run
-    was written before adapter4rec recorded it), "bf16+fp32" if its starts differ."""
-    starts = info.get("starts") if isinstance(info, dict) else None
-    got = sorted({s["precision"] for s in starts or [] if isinstance(s, dict) and s.get("precision")})
-    return "+".join(got) or None
-
-
 def _is_selection_run(run: Path, base: Path) -> bool:
     """A suite's selection runs (``<suite>/select/...``) only chose a value for the main runs, which
     repeat the winner: reported on their own only when asked for (``report <suite>/select``)."""
@@ -255,8 +248,9 @@ def collect_runs(paths: list[str]) -> list[RunInfo]:
             flat = flatten(_read_config(run))
             src = _add_derived(flat)
             info = _read_json(run / "run.json", "run.json")
-            if flat.get(AMP) == "auto" and _precision(info):  # what auto was on its machine
-                flat[AMP] = _precision(info)
+            resolved = "+".join(sorted(set(start_precisions(info))))  # "bf16+fp32" if they differ
+            if flat.get(AMP) == "auto" and resolved:  # what auto was on its machine(s)
+                flat[AMP] = resolved
             digest = ((info or {}).get("fingerprints") or {}).get("data") if isinstance(info, dict) else None
             resources = _read_json(run / RESOURCES_FILE, RESOURCES_FILE)
             groups = (info or {}).get("param_groups") if isinstance(info, dict) else None

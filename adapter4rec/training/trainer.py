@@ -40,7 +40,7 @@ from ..data.split import RecData, check_folder
 from ..errors import Adapter4RecError, CheckpointError, ConfigError, StorageError
 from ..evaluation.evaluator import log_unreachable
 from ..pipeline import (RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, build_run, check_fingerprints,
-                        read_run_file)
+                        read_run_file, start_precisions)
 from ..runtime import distributed as dist
 from ..runtime.io import FolderLock, atomic_write, load_into, write_text_atomic
 from ..runtime.logging import progress_enabled, setup_logging
@@ -172,8 +172,7 @@ class Trainer:
 
     def _check_precision(self) -> None:
         """A run never changes precision halfway (resumed on another machine, with amp auto)."""
-        began = [s["precision"] for s in (read_run_file(self.output) or {}).get("starts", [])
-                 if isinstance(s, dict) and s.get("precision")]
+        began = start_precisions(read_run_file(self.output))
         if began and began[0] != self.precision:
             raise ConfigError(
                 f"{self.output / RUN_FILE}: this run began in {began[0]} and would go on in "
