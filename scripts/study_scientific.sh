@@ -24,10 +24,12 @@ if [ "${1:-}" = finished ]; then  # what to commit: finished runs, the links to 
   exit 0
 fi
 if [ "${1:-}" != report ]; then
-  step adapter4rec suite run $CHEAP --only 'users=0.1'                        # source + cached/scratch at 10%
+  # the source, the cached runs at every fraction (minutes each) and one seed of scratch at 10%
+  step adapter4rec suite run $CHEAP --only method=iisan --only 'method=frozen*' \
+    --only 'users=0.1,method=scratch,seed=42'
   step adapter4rec suite run $HEAVY --only method=houlsby --only method=full  # selection, 10%, 25%, BCE
-  step adapter4rec suite run $CHEAP --only 'users=0.25'
-  step adapter4rec suite run $CHEAP --only 'users=1,method=iisan' --only 'users=1,method=frozen*'  # minutes
+  step adapter4rec suite run $CHEAP --only 'users=0.1'                        # scratch seeds 43, 44
+  step adapter4rec suite run $CHEAP --only 'users=0.25'                       # scratch at 25%
   step adapter4rec suite run $HEAVY --only method=lora --only method=layernorm --only method=pfeiffer
   step adapter4rec suite run $HEAVY                                           # kadapter, compacter
   # scratch at 100%: about 5 hours a seed on 2 cores, longer than a working session, whose work

@@ -135,6 +135,10 @@ def test_only_selects_runs_and_what_they_need(tmp_path, domains):
         "sources/src", "method=full,seed=1", "method=full,seed=2"]  # full selects nothing
     assert matches("method=houlsby,towers=item,seed=1", "seed=1,method=houlsby")
     assert not matches("method=houlsby,seed=10", "seed=1")
+    # a term may be a glob of its own, wherever it stands in the name
+    assert matches("users=0.1,method=frozen_items,seed=42", "method=frozen*")
+    assert matches("users=0.1,method=frozen,seed=42", "seed=42,method=frozen*")
+    assert not matches("users=0.1,method=iisan,seed=42", "method=frozen*")
     with pytest.raises(ConfigError, match="matches no run"):
         s.plan(["method=prompt"])
 

@@ -180,12 +180,13 @@ def parse_axis(name, spec, where: str, base: Path | None = None) -> Axis:
 
 
 def matches(name: str, pattern: str) -> bool:
-    """``--only``: a glob over the whole name (``*houlsby*``), or terms that the name all has
-    (``method=houlsby,seed=1`` matches ``method=houlsby,towers=item,seed=1``)."""
+    """``--only``: a glob over the whole name (``*houlsby*``), or terms that the name all has,
+    each term exact or a glob of one term (``method=houlsby,seed=1`` matches
+    ``method=houlsby,towers=item,seed=1``; ``method=frozen*`` matches ``users=1,method=frozen_items``)."""
     if fnmatch.fnmatchcase(name, pattern):
         return True
-    terms = set(re.split(r"[,/]", name))
-    return all(t in terms for t in re.split(r"[,/]", pattern) if t)
+    terms = re.split(r"[,/]", name)
+    return all(any(fnmatch.fnmatchcase(n, t) for n in terms) for t in re.split(r"[,/]", pattern) if t)
 
 
 @dataclass
