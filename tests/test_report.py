@@ -93,11 +93,12 @@ def test_a_runs_peak_memory_is_its_own_not_an_earlier_runs_in_the_same_process(t
     """A suite with one job trains its runs one after another in one process: the peak of a
     large run before (here 600 MB held and let go) must not become a small run's peak."""
     from adapter4rec.data.synthetic import make_domain
+    from adapter4rec.training.trainer import _vm_hwm_mb
 
     make_domain(tmp_path / "d", "target", n_users=60, n_items=30, seed=1)
     big = np.ones(600 * 2**20 // 8)  # touched, so resident; freed (unmapped) again below
     del big
-    peak_before = _status_mb("VmHWM")
+    peak_before = _vm_hwm_mb()
     if peak_before is None:
         pytest.skip("no /proc/self/status here")
     train(load_config(overrides=BASE + [f"data.path={tmp_path / 'd'}", "train.epochs=1"]), tmp_path / "run")
@@ -105,17 +106,6 @@ def test_a_runs_peak_memory_is_its_own_not_an_earlier_runs_in_the_same_process(t
     # the tiny run needs far less than the 600 MB the process held before it
     assert res["peak_rss_mb"] < peak_before - 300, (res["peak_rss_mb"], peak_before)
     assert res["peak_rss_scope"] == "run"
-
-
-def _status_mb(field: str):
-    """A memory field of /proc/self/status (VmHWM, VmRSS) in MiB, None without it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 # --- keys, labels, seeds ------------------------------------------------------------------------
