@@ -386,6 +386,27 @@ def test_labels_leave_out_learning_rates_of_no_parameter():
     assert len(set(labels)) == 5 and "full lr_peft=0.0001" in labels
 
 
+def test_tables_leave_blank_a_learning_rate_of_no_parameter():
+    """The run and variant tables show each varied key for every row: full fine-tuning's
+    lr_peft (and frozen's lr_backbone) trains nothing, so its cell is blank, not a number."""
+    lr, lb = "train.lr_peft", "train.lr_backbone"
+    runs = [_run("full", **{"peft.method": "full", lr: 5e-4, lb: 1e-5}),
+            _run("h1", **{lr: 5e-4, lb: 5e-5}), _run("h2", **{lr: 1e-4, lb: 5e-5}),
+            _run("old", **{"peft.method": "lora", lr: 5e-4, lb: 5e-5})]  # no groups recorded
+    runs[0].lr_roles = frozenset({"backbone", "rest"})
+    runs[1].lr_roles = runs[2].lr_roles = frozenset({"peft", "rest"})
+    keys = rp.varied_keys(runs)
+    names = rp.short_names([k for k in keys if k not in (rp.METHOD, rp.SEED)])
+    table = rp.run_table(runs, keys).set_index("method")
+    assert table.loc["full", names[lr]] == "—" and table.loc["full", names[lb]] == "1e-05"
+    assert table.loc["houlsby", names[lb]].tolist() == ["—", "—"]
+    assert table.loc["lora", names[lr]] == "0.0005"  # unknown roles: shown as configured
+    variants = rp.make_variants(runs, keys, by_group=False)
+    vt = rp.variant_table(variants, keys, with_group=False)
+    assert vt.loc[vt["method"] == "full", names[lr]].tolist() == ["—"]
+    assert sorted(vt.loc[vt["method"] == "houlsby", names[lr]]) == ["0.0001", "0.0005"]
+
+
 def test_the_full_an_automatic_pair_compares_with_is_full_fine_tuning_of_both_towers():
     """A `full` run with other options (towers: [user]: frozen item features, the user tower
     tuned) is a method of its own, never the "full" a method is read against."""

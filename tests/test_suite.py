@@ -201,6 +201,28 @@ def test_a_failed_run_blocks_what_needs_it_and_the_rest_goes_on(tmp_path, domain
                              "from=b": "skipped"}
 
 
+def test_a_run_left_out_by_only_keeps_its_record_in_suite_json(tmp_path, domains, monkeypatch):
+    """A study goes one `--only` at a time: each run must not rewrite the others' records with its
+    own view ("skipped", no seconds; a failure's error gone from the report's unfinished list)."""
+    out = tmp_path / "out"
+    p = write(tmp_path, {"set": quick(domains[1]), "grid": {"train.seed": [1, 2, 3]},
+                         "output": str(out)})
+    monkeypatch.setattr(suite_mod, "train", fake_train(fail={"seed=2"}))
+    run_suite(p, only=["seed=1"], echo=lambda _: None)
+    first = {r["name"]: r for r in report(out)["runs"]}["seed=1"]
+    assert first["status"] == "trained" and first["seconds"] is not None and first["overrides"]
+    with pytest.raises(Adapter4RecError):
+        run_suite(p, only=["seed=2"], echo=lambda _: None)
+    run_suite(p, only=["seed=3"], echo=lambda _: None)
+    rows = {r["name"]: r for r in report(out)["runs"]}
+    assert rows["seed=1"] == first  # as its own run left it
+    assert rows["seed=2"]["status"] == "failed" and rows["seed=2"]["error"] == "boom in seed=2"
+    assert rows["seed=3"]["status"] == "trained"
+    (out / "seed=1" / "metrics.json").unlink()  # the folder wins over what suite.json said
+    run_suite(p, only=["seed=3"], echo=lambda _: None)
+    assert statuses(out) == {"seed=1": "not run", "seed=2": "failed", "seed=3": "skipped"}
+
+
 def test_one_writer_per_folder(tmp_path, domains, monkeypatch):
     out = tmp_path / "out"
     p = write(tmp_path, {"set": quick(domains[1]), "grid": {"train.seed": [1, 2]},
@@ -439,7 +461,7 @@ def test_smoke_suite_end_to_end(tmp_path, capsys):
                  "--output", str(out), "--only", "method=full"]) == 0
     st = statuses(out)  # the whole suite is in suite.json; the runs asked for were skipped
     assert st["user_encoder=cpc,method=full"] == "skipped"
-    assert st["user_encoder=cpc,method=adapter"] == "skipped"  # finished before, outside --only
+    assert st["user_encoder=cpc,method=adapter"] == "trained"  # outside --only: as it was left
 
 
 def test_jobs_run_in_worker_processes(tmp_path, domains):

@@ -314,6 +314,12 @@ def short_names(keys: list[str]) -> dict[str, str]:
     return {k: last[k] if n[last[k]] == 1 else k.removeprefix("peft.") for k in keys}
 
 
+def _trains_nothing(key: str, run: RunInfo) -> bool:
+    """A learning rate of no parameter of the run (full's lr_peft, frozen's lr_backbone): it names
+    nothing. Runs from before run.json recorded its optimiser groups show every rate."""
+    return key in LR_ROLE and run.lr_roles is not None and LR_ROLE[key] not in run.lr_roles
+
+
 def fmt_value(v) -> str:
     if v is MISSING:
         return "—"
@@ -426,8 +432,7 @@ def labels(variants: list[Variant], keys: list[str]) -> list[str]:
                                    or (k in DERIVED and scratch)  # no source
                                    or k == AMP):  # a reference ranking: no precision
                 continue
-            roles = v.runs[0].lr_roles
-            if k in LR_ROLE and roles is not None and LR_ROLE[k] not in roles:
+            if _trains_nothing(k, v.runs[0]):
                 continue  # a learning rate of no parameter (full's lr_peft): it names nothing
             if val == _default(k, v.method):
                 continue
@@ -485,7 +490,7 @@ def _run_row(r: RunInfo, keys: list[str], names: dict, metric_cols: list[str], s
     show = show or (lambda k, v: fmt_value(v))
     for k in keys:
         if k not in (METHOD, SEED):
-            row[names[k]] = show(k, r.config.get(k, MISSING))
+            row[names[k]] = show(k, MISSING if _trains_nothing(k, r) else r.config.get(k, MISSING))
     row.update({"seed": r.seed, "best_epoch": m.get("best_epoch"), "trainable": trainable,
                 "trainable_%": 100.0 * trainable / total if trainable is not None and total else None,
                 "adapter_mb": m.get("checkpoint_mb")})
@@ -523,7 +528,8 @@ def variant_table(variants: list[Variant], keys: list[str], with_group: bool) ->
         row["method"] = v.method
         for k in keys:
             if k not in (METHOD, SEED):
-                row[names[k]] = show(k, v.values.get(k, MISSING))
+                row[names[k]] = show(k, MISSING if _trains_nothing(k, v.runs[0])
+                                     else v.values.get(k, MISSING))
         seeds = [r.seed for r in v.runs]
         row.update({"n": len(v.runs), "seeds": ",".join(fmt_value(s) for s in seeds),
                     "trainable": per["trainable"].dropna().iloc[0]

@@ -624,6 +624,14 @@ class Runner:
                           "overrides": r.overrides, "seconds": r.seconds, "error": r.error,
                           "metrics": r.metrics} for r in self.everything]}
 
+    def _records(self) -> dict:
+        """Each run's record in the suite.json a former `suite run` wrote ({} where none is)."""
+        try:
+            last = json.loads((self.suite.output / "suite.json").read_text(encoding="utf-8"))
+            return {r["name"]: r for r in last["runs"] if isinstance(r, dict) and "name" in r}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}  # none yet, or not one this runner wrote: every record from the folders
+
     def _save(self) -> None:
         write_text_atomic(self.suite.output / "suite.json", json.dumps(self.report(), indent=1))
 
@@ -764,14 +772,21 @@ class Runner:
         self.runs = s.plan(only)
         s.check(self.runs)  # every config, method and option, before the first run starts
         planned = {id(r) for r in self.runs}
+        before = self._records()
         for r in self.everything:  # outside --only: as the folder stands
             if id(r) in planned:
                 continue
-            if (r.folder / "metrics.json").is_file():
-                r.status = "skipped"
+            done = (r.folder / "metrics.json").is_file()
+            r.status = "skipped" if done else "not run"
+            if done:
                 r.metrics = json.loads((r.folder / "metrics.json").read_text(encoding="utf-8"))
-            else:
-                r.status = "not run"
+            # what the `suite run` that last ran it recorded (how long it took, its overrides, why
+            # it failed), kept while its folder still agrees: runs go one --only at a time
+            last = before.get(r.name, {})
+            if last.get("folder") == str(r.folder) and \
+                    (last.get("status") in DONE) == done and last.get("status") not in (None, "running"):
+                r.status, r.error = last["status"], last.get("error")
+                r.seconds, r.overrides = last.get("seconds"), list(last.get("overrides") or [])
         if dry_run:
             self._print_plan()
             return self.report()
