@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from adapter4rec.cli import main
+from adapter4rec.config import save_config
 from adapter4rec.errors import Adapter4RecError, ConfigError, StorageError
 from adapter4rec.experiments import suite as suite_mod
 from adapter4rec.experiments.suite import Suite, matches, run_suite, short_names
@@ -178,6 +179,53 @@ def test_skip_finished_and_resume_interrupted(tmp_path, domains, monkeypatch):
     assert "method" in lines[-1] and "seed=2" in lines[-1]  # the final table
 
 
+def test_a_finished_run_made_with_another_config_is_refused_not_skipped(tmp_path, domains, monkeypatch):
+    """A finished run was skipped by name alone: after an edit of the suite (a learning rate),
+    its old numbers went on being reported as the new config's. Now its config.yaml must still
+    match what the suite gives it, up to keys that change how a run goes, not what it computes."""
+    out = tmp_path / "out"
+    body = {"set": quick(domains[1]), "grid": {"train.seed": [1]}, "output": str(out)}
+    run_suite(write(tmp_path, body), echo=lambda _: None)
+    assert statuses(out) == {"seed=1": "trained"}
+    body["set"]["train.progress"] = True  # not what it computes: still that run
+    run_suite(write(tmp_path, body), echo=lambda _: None)
+    assert statuses(out) == {"seed=1": "skipped"}
+    body["set"]["train.lr"] = 0.002
+    for dry in (True, False):
+        with pytest.raises(ConfigError, match=r"run seed=1: .*seed=1 holds a run made with another "
+                                              r"config than the suite gives it now \(train.lr "
+                                              r"0.001 -> 0.002\): delete the folder"):
+            run_suite(write(tmp_path, body), dry_run=dry, echo=lambda _: None)
+
+
+def test_a_run_of_a_selection_made_with_another_choice_is_refused(tmp_path, domains, monkeypatch):
+    """check() accepts a main run of a group made with any candidate value; the runner then
+    compares it with the value the selection chose."""
+    out = tmp_path / "out"
+    body = {"set": quick(domains[1]), "grid": {"peft.method": ["houlsby"], "train.seed": [1]},
+            "select": {"key": "train.lr_peft", "values": [1e-4, 5e-4], "per": ["peft.method"]},
+            "output": str(out)}
+    table = {("houlsby", 1e-4): 0.1, ("houlsby", 5e-4): 0.3}
+    plain = fake_train(table)
+
+    def train(cfg, output, resume=False):  # a fake that keeps its config, as the trainer does
+        Path(output).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(output) / "config.yaml")
+        return plain(cfg, output, resume)
+    monkeypatch.setattr(suite_mod, "train", train)
+    run_suite(write(tmp_path, body), echo=lambda _: None)
+    assert statuses(out)["method=houlsby,seed=1"] == "trained"
+    # the selection turns the other way: the main run, made at 5e-4, is now a 1e-4 run
+    (out / "select" / "method=houlsby,lr_peft=0.0001" / "metrics.json").write_text(json.dumps(
+        {"best_epoch": 0, "valid": {"NDCG@10": 0.9}, "test": {"NDCG@10": 0.9}}), encoding="utf-8")
+    with pytest.raises(Adapter4RecError, match="1 of 3 runs did not finish"):
+        run_suite(write(tmp_path, body), echo=lambda _: None)
+    row = {r["name"]: r for r in report(out)["runs"]}["method=houlsby,seed=1"]
+    assert row["status"] == "failed"
+    assert "made with another config than the suite gives it now (train.lr_peft 0.0005 -> " \
+           "0.0001)" in row["error"]
+
+
 def test_a_failed_run_blocks_what_needs_it_and_the_rest_goes_on(tmp_path, domains, monkeypatch):
     out = tmp_path / "out"
     p = write(tmp_path, {"set": quick(domains[1]),
@@ -283,6 +331,43 @@ def test_selection_picks_best_valid_ndcg_per_method(tmp_path, domains, monkeypat
     calls.clear()
     again = run_suite(p, echo=lambda _: None)
     assert calls == [] and again["selection"] == done["selection"]
+
+
+def test_a_listed_run_takes_a_selection_only_by_naming_its_group(tmp_path, domains, monkeypatch):
+    """The study's BCE runs were entries of runs: beside a grid with a learning-rate selection:
+    they silently trained at their config's learning rate, not the one selected for their method.
+    An entry of runs: takes a group's selected value when it names the group (runs[].group)."""
+    out = tmp_path / "out"
+    body = {"set": quick(domains[1]),
+            "grid": {"peft.method": ["houlsby", "lora"]},
+            "runs": [{"name": "houlsby_bce", "set": {"peft.method": "houlsby", "train.objective": "bce"},
+                      "group": "method=houlsby"},
+                     {"name": "lora_bce", "set": {"peft.method": "lora", "train.objective": "bce"}}],
+            "select": {"key": "train.lr_peft", "values": [1e-4, 5e-4], "per": ["peft.method"]},
+            "output": str(out)}
+    table = {("houlsby", 1e-4): 0.1, ("houlsby", 5e-4): 0.3, ("lora", 1e-4): 0.3, ("lora", 5e-4): 0.1}
+    calls = []
+    monkeypatch.setattr(suite_mod, "train", fake_train(table, calls))
+    # --only the listed run: its group's selection runs come with it, and run first
+    done = run_suite(write(tmp_path, body), only=["houlsby_bce"], echo=lambda _: None)
+    trained = {o.name: cfg for o, cfg, _ in calls}
+    assert list(trained) == ["method=houlsby,lr_peft=0.0001", "method=houlsby,lr_peft=0.0005",
+                             "houlsby_bce"]
+    assert trained["houlsby_bce"].train.lr_peft == 5e-4 and trained["houlsby_bce"].train.objective == "bce"
+    assert {r["name"]: r for r in done["runs"]}["houlsby_bce"]["selected"] == "0.0005"
+    calls.clear()
+    run_suite(write(tmp_path, body), echo=lambda _: None)
+    trained = {o.name: cfg for o, cfg, _ in calls}
+    assert trained["lora_bce"].train.lr_peft == 1e-3  # names no group: the config's value
+    # a group that does not exist, or a group without a selection step: a one-line error
+    body["runs"][1]["group"] = "method=lroa"
+    with pytest.raises(ConfigError, match=r"run lora_bce: group 'method=lroa' is not a selection "
+                                          r"group \(groups: method=houlsby, method=lora\)"):
+        Suite(write(tmp_path, body, "bad"))
+    del body["select"]
+    with pytest.raises(ConfigError, match="run houlsby_bce: group 'method=houlsby', but the suite "
+                                          "has no 'select' section"):
+        Suite(write(tmp_path, body, "bad"))
 
 
 def test_selection_with_named_values_and_per_named_axis(tmp_path, domains, monkeypatch):

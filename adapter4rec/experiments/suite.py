@@ -34,8 +34,10 @@ from pathlib import Path
 import yaml
 
 from .. import peft
+from ..cache.fingerprint import differences
 from ..config import Config, load_config, save_config, validate
 from ..errors import Adapter4RecError, ConfigError
+from ..pipeline import SOURCE_SHAPES
 from ..peft.options import parse as parse_options
 from ..runtime.io import FolderLock, write_text_atomic
 from ..training.trainer import train
@@ -44,7 +46,7 @@ from .sweep import COLUMNS, _row, format_table
 SUITE_KEYS = ("name", "description", "config", "set", "grid", "runs", "names", "sources", "select",
               "output", "smoke")
 SOURCE_KEYS = ("name", "config", "set", "output")
-RUN_KEYS = ("name", "config", "set")
+RUN_KEYS = ("name", "config", "set", "group")
 SELECT_KEYS = ("key", "values", "metric", "per", "set", "only", "exclude")
 SMOKE_KEYS = ("synthetic", "set", "grid", "select", "output", "same_domain")
 SOURCE_REF = "source:"            # a value "source:NAME": the folder of the suite's source NAME
@@ -56,6 +58,12 @@ SYNTHETIC = {  # --smoke data: sizes of make_transfer_pair / make_image_transfer
               "image_size": 32},
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
+# keys that change how a run goes, not what it computes: a finished run stays valid across them
+NOT_COMPUTED = ("train.progress", "train.num_workers", "train.checkpoint_every")
+# paths that differ between machines for the same content (ADAPTER4REC_DATASETS, a moved copy):
+# compared by their last part, the dataset's or the model's folder name
+MOVABLE = ("data.path", "model.pretrained")
+_MISSING = object()
 
 
 # ------------------------------------------------------------------------------------ the format
@@ -387,7 +395,11 @@ class Suite:
                 short = short_names([k for k, _ in pairs])
                 name = _safe(",".join(f"{short[k]}={_label(v)}" for k, v in pairs)) or "base"
             config = self._file(r.get("config"), f"runs[{i}].config") or self.config
-            runs.append(Run(name, "main", self.output / name, config, sets))
+            group = r.get("group")
+            if group is not None and not (isinstance(group, str) and group):
+                raise ConfigError(f"runs[{i}].group must name a selection group (e.g. "
+                                  f"method=houlsby), got {group!r}")
+            runs.append(Run(name, "main", self.output / name, config, sets, group=group))
         return runs
 
     def _check_unique(self) -> None:
@@ -403,7 +415,12 @@ class Suite:
     def _selection_runs(self) -> list[Run]:
         """One run per (group, choice); each main run of the grid learns its group."""
         s = self.select
+        # an entry of runs: joins a group only by naming it (runs[].group): it has no grid labels
+        listed = [r for r in self.main if not r.labels and r.group]
         if s is None:
+            if listed:
+                raise ConfigError(f"run {listed[0].name}: group {listed[0].group!r}, but the suite "
+                                  "has no 'select' section")
             return []
         groups: dict[str, list[str]] = {}
         for run in self.main:
@@ -415,6 +432,10 @@ class Suite:
             if run.group not in groups:
                 axes = {a.name: dict(a.choices) for a in self.axes}
                 groups[run.group] = [x for p in s.per for x in axes[p][run.labels[p]]]
+        for run in listed:
+            if run.group not in groups:
+                raise ConfigError(f"run {run.name}: group {run.group!r} is not a selection group "
+                                  f"(groups: {', '.join(groups) or 'none'})")
         out = []
         for group, per_sets in groups.items():
             for label, sets in s.axis.choices:
@@ -543,12 +564,20 @@ class Suite:
         for run in runs:
             options = ([c for _, c in self.select.axis.choices] if run.group and run.phase == "main"
                        else [None])
+            changed = []
             for selected in options:
                 try:
-                    self.config_of(run, selected)
+                    cfg = self.config_of(run, selected)
                 except ConfigError as e:
                     errors.append(f"run {run.name}: {e}")
+                    changed = []
                     break
+                if _state(run) != "new":
+                    # a finished or begun run is kept only if the suite still gives it that config
+                    # (a main run of a selection group: with one of the candidate values)
+                    changed.append(drift(run.folder, cfg))
+            if changed and all(changed):
+                errors.append(_drift_error(run, min(changed, key=len), len(changed) > 1))
         folders = {}
         for run in runs:
             # the parent resolved, not the folder: a main run may be a link to its selection twin
@@ -559,6 +588,52 @@ class Suite:
             more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
             raise ConfigError(f"suite {self.path}: {len(errors)} run(s) do not check out:\n  "
                               + "\n  ".join(errors[:20]) + more)
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+def drift(folder: Path, cfg: Config) -> list[str]:
+    """How the config a run folder was made with (its config.yaml) differs from ``cfg``, the
+    config the suite gives that run now: ``key old -> new`` for each key that changes what the
+    run computes. Not drift: a key ``cfg`` leaves out that the build filled in (a method's option
+    defaults), a key added to the library after the run (at its default), a source's shape the
+    run took (``SOURCE_SHAPES``, left at the default), ``NOT_COMPUTED``, and a ``MOVABLE`` path
+    whose last part is the same."""
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return []
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return [f"its config.yaml cannot be read ({str(e).splitlines()[0]})"]
+    if not isinstance(saved, dict):
+        return ["its config.yaml is not a mapping"]
+    built, defaults = cfg.to_dict(), Config().to_dict()
+    out = []
+    for key in differences(saved, built):
+        old, new = _get(saved, key), _get(built, key)
+        default = _get(defaults, key)
+        if (new is _MISSING or key in NOT_COMPUTED
+                or (old is _MISSING and new == default)
+                or (key in SOURCE_SHAPES and new == default)
+                or (key in MOVABLE and isinstance(old, str) and isinstance(new, str)
+                    and Path(old).name == Path(new).name)):
+            continue
+        out.append(f"{key} {'(unset)' if old is _MISSING else repr(old)} -> {new!r}")
+    return out
+
+
+def _drift_error(run: Run, changed: list[str], candidates: bool = False) -> str:
+    what = "with any candidate of its selection" if candidates else "now"
+    return (f"run {run.name}: {run.folder} holds a run made with another config than the suite "
+            f"gives it {what} ({'; '.join(changed[:4])}{'; ...' if len(changed) > 4 else ''}): "
+            "delete the folder to run it anew, or undo the change")
 
 
 # --------------------------------------------------------------------------------- running it
@@ -658,6 +733,9 @@ class Runner:
             cfg = s.config_of(run)
             run.overrides = s._resolve(s.overrides_of(run), run)
             state = _state(run)
+            changed = drift(run.folder, cfg) if state != "new" else []
+            if changed:  # with the value selected now (check() allowed any candidate)
+                raise ConfigError(_drift_error(run, changed))
             twin = self._twin(run, cfg) if state == "new" else None
             if twin is not None:
                 # the winning selection run has this very config: the same run, not trained twice
