@@ -70,6 +70,13 @@ for f in 0.1 0.25 1; do
   done
   ((${#iisan[@]})) && pairs+=(--pair "users=$f,method=iisan,seed=*:*popularity/users=$f")
 done
+# does the objective matter? each BCE run against its method's default-objective run at 10% (the
+# same learning rate: the BCE runs take their method's selected one); no automatic pair crosses
+# objectives
+for m in houlsby full; do
+  [ -f "$H/method=$m,objective=bce,users=0.1/metrics.json" ] && [ -f "$H/method=$m,users=0.1/metrics.json" ] \
+    && pairs+=(--pair "method=$m,objective=bce,users=0.1:method=$m,users=0.1")
+done
 adapter4rec report runs/study/study_scientific_cheap/users=* runs/study/study_scientific_heavy/method=* \
   runs/study/pretrain_instrument runs/study/popularity --suite $CHEAP --suite $HEAVY \
   --why 'users=1,method=scratch:about 5 hours a seed on 2 cores, longer than a working session (LONG_RUNS=1 runs it)' \
