@@ -140,6 +140,15 @@ def test_adaptation_method_configs_extend_their_target_base(target):
         assert cfg.train.init_from == base.train.init_from and cfg.peft.method == path.stem.split("_", 1)[1]
 
 
+@pytest.mark.parametrize("target", ["scientific", "adressa"])
+def test_adaptation_lora_configs_scale_by_one(target):
+    """Their alpha was loralib's 1 (the reference's), a scale of 1/12: with Adam that trains LoRA at
+    a twelfth of the learning rate the study's shared grid gives the other methods
+    (docs/differences.md). alpha = r, as Hu et al."""
+    o = load_config(ROOT / "configs" / "adapt" / f"{target}_lora.yaml").peft.options
+    assert o["item_alpha"] / o["item_rank"] == 1.0 and o["user_alpha"] / o["user_rank"] == 1.0
+
+
 def test_a_base_file_is_not_a_method():
     from adapter4rec.peft import available
 
