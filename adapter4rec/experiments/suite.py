@@ -564,6 +564,9 @@ class Suite:
         for run in runs:
             options = ([c for _, c in self.select.axis.choices] if run.group and run.phase == "main"
                        else [None])
+            # a finished or begun run is kept only if the suite still gives it that config (a
+            # main run of a selection group: with one of the candidate values); read once
+            saved = saved_config(run.folder) if _state(run) != "new" else None
             changed = []
             for selected in options:
                 try:
@@ -572,10 +575,8 @@ class Suite:
                     errors.append(f"run {run.name}: {e}")
                     changed = []
                     break
-                if _state(run) != "new":
-                    # a finished or begun run is kept only if the suite still gives it that config
-                    # (a main run of a selection group: with one of the candidate values)
-                    changed.append(drift(run.folder, cfg))
+                if saved is not None:
+                    changed.append(drift(saved, cfg))
             if changed and all(changed):
                 errors.append(_drift_error(run, min(changed, key=len), len(changed) > 1))
         folders = {}
@@ -598,22 +599,30 @@ def _get(tree: dict, dotted: str):
     return tree
 
 
-def drift(folder: Path, cfg: Config) -> list[str]:
-    """How the config a run folder was made with (its config.yaml) differs from ``cfg``, the
+def saved_config(folder: Path) -> dict | str | None:
+    """A run folder's config.yaml as a mapping; None without one; a string saying what is wrong
+    with it (``drift`` reports it)."""
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return f"its config.yaml cannot be read ({str(e).splitlines()[0]})"
+    return saved if isinstance(saved, dict) else "its config.yaml is not a mapping"
+
+
+def drift(saved: dict | str | None, cfg: Config) -> list[str]:
+    """How the config a run folder was made with (``saved_config``) differs from ``cfg``, the
     config the suite gives that run now: ``key old -> new`` for each key that changes what the
     run computes. Not drift: a key ``cfg`` leaves out that the build filled in (a method's option
     defaults), a key added to the library after the run (at its default), a source's shape the
     run took (``SOURCE_SHAPES``, left at the default), ``NOT_COMPUTED``, and a ``MOVABLE`` path
     whose last part is the same."""
-    path = folder / "config.yaml"
-    if not path.is_file():
+    if saved is None:
         return []
-    try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        return [f"its config.yaml cannot be read ({str(e).splitlines()[0]})"]
-    if not isinstance(saved, dict):
-        return ["its config.yaml is not a mapping"]
+    if isinstance(saved, str):
+        return [saved]
     built, defaults = cfg.to_dict(), Config().to_dict()
     out = []
     for key in differences(saved, built):
@@ -733,7 +742,7 @@ class Runner:
             cfg = s.config_of(run)
             run.overrides = s._resolve(s.overrides_of(run), run)
             state = _state(run)
-            changed = drift(run.folder, cfg) if state != "new" else []
+            changed = drift(saved_config(run.folder), cfg) if state != "new" else []
             if changed:  # with the value selected now (check() allowed any candidate)
                 raise ConfigError(_drift_error(run, changed))
             twin = self._twin(run, cfg) if state == "new" else None
