@@ -377,6 +377,27 @@ def _validate_gpsd(cfg: Config) -> None:
                           f"{t.init_from!r}: clear one of them")
 
 
+# train keys that change how a run goes, not what it computes: a finished run stays valid across
+# them (suites) and a run resumes across them (the trainer)
+NOT_COMPUTED = ("train.progress", "train.num_workers", "train.checkpoint_every")
+
+
+def read_run_config(folder: str | Path) -> dict | None:
+    """A run folder's config.yaml as it was saved: a plain mapping, not a ``Config`` (a run made
+    by an older version may lack keys, and what it holds is compared, not run); None without
+    one; a one-line ``ConfigError`` naming the file when it cannot be read or is no mapping."""
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: not a mapping")
+    return saved
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """The fully resolved config (no ``extends``): a run folder's copy stands on its own. Atomic, so
     a kill mid-write never leaves a half config.yaml that a resume would then fail to read."""

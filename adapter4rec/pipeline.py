@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from . import peft
 from .cache import CachedContent, attach as attach_cache
 from .cache.prefix import PrefixContent, attach_prefix
 from .cache.fingerprint import differences, digest
-from .config import Config, load_config, validate
+from .config import Config, load_config, read_run_config, validate
 from .data.split import RecData, build_data
 from .errors import CheckpointError, ConfigError
 from .evaluation.auc import evaluate_auc
@@ -103,16 +102,12 @@ def adopt_source_shapes(cfg: Config) -> dict:
     if not cfg.train.init_from:
         return {}
     run = Path(cfg.train.init_from)
-    path = run / "config.yaml"
-    if not path.is_file():
-        return {}
     try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"train.init_from {run}: cannot read its config.yaml "
-                          f"({str(e).splitlines()[0]})") from None
-    if not isinstance(saved, dict):
-        raise ConfigError(f"train.init_from {run}: its config.yaml is not a mapping")
+        saved = read_run_config(run) if run.is_dir() else None
+    except ConfigError as e:
+        raise ConfigError(f"train.init_from {run}: {e}") from None
+    if saved is None:
+        return {}
     defaults, adopted = Config(), {}
     for dotted in SOURCE_SHAPES:
         sec, key = dotted.split(".")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adapter4rec.config import load_config
+from adapter4rec.config import Config, load_config
 from adapter4rec.data.split import RecData
 from adapter4rec.data.synthetic import make_domain
 from adapter4rec.errors import ConfigError
@@ -190,6 +190,21 @@ def test_a_shape_equal_to_the_source_or_the_default_loads(mind_run):
     data, model, _, _ = prepare(load_config(CONFIGS / "adapt" / "adressa_houlsby.yaml",
                                             adressa_sets(mind_run)))
     assert data.max_seq_len == 20 and model.user_encoder.pos.weight.shape == (20, 16)
+
+
+@pytest.mark.parametrize("text, what", [("train: [unclosed\n", "cannot be read"),
+                                         ("- a list\n", "not a mapping")])
+def test_an_unreadable_source_config_is_a_one_line_error(tmp_path, text, what):
+    from adapter4rec.pipeline import adopt_source_shapes
+
+    (tmp_path / "config.yaml").write_text(text)
+    cfg = Config()
+    cfg.train.init_from = str(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        adopt_source_shapes(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"train.init_from {tmp_path}: ") and what in msg
+    assert str(tmp_path / "config.yaml") in msg
 
 
 # --- one command line for every script ------------------------------------------------------------

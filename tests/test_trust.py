@@ -96,6 +96,41 @@ def test_resume_with_another_seed_or_other_data_is_refused_and_changes_nothing(w
     assert res["global_steps"] > 0
 
 
+def test_resume_with_other_training_settings_is_refused(world, tmp_path):
+    """A resume restores the optimizer's state, its learning rates with it, yet wrote the new
+    config.yaml: resumed with another train.lr, a run went on at the old rate while its records
+    named the new one. A resume now refuses a changed train.* key that changes what the steps
+    compute, naming it, and changes nothing; keys that change only how the run goes or when it
+    stops (progress, num_workers, epochs without a schedule, patience) still resume."""
+    _, src, _, _ = world
+    run = tmp_path / "run"
+    train(load_config(overrides=sets(src)), run)
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match=r"train\.lr 0\.001 -> 0\.002") as e:
+        train(load_config(run / "config.yaml", ["train.lr=0.002", "train.epochs=2"]), run,
+              resume=True)
+    assert "\n" not in str(e.value) and str(run) in str(e.value)
+    with pytest.raises(CheckpointError, match=r"train\.objective 'bce' -> 'inbatch'"):
+        train(load_config(run / "config.yaml", ["train.objective=inbatch", "train.epochs=2"]), run,
+              resume=True)
+    assert (run / "config.yaml").read_text() == before  # refused before anything is written
+    res = train(load_config(run / "config.yaml", ["train.epochs=2", "train.patience=9",
+                                                  "train.num_workers=1"]), run, resume=True)
+    assert res["global_steps"] > 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["param_groups"]["rest"]["lr"] == 0.001
+
+
+def test_resume_with_a_schedule_refuses_other_epochs(world, tmp_path):
+    """With a learning-rate schedule, train.epochs sets its length: resumed with more epochs, the
+    rest of the run would follow another schedule than the one it began on."""
+    _, src, _, _ = world
+    run = tmp_path / "run"
+    train(load_config(overrides=sets(src, train__scheduler="cosine")), run)
+    with pytest.raises(CheckpointError, match=r"train\.epochs 1 -> 2"):
+        train(load_config(run / "config.yaml", ["train.epochs=2"]), run, resume=True)
+
+
 # --- sources: evaluate, adapters, the bank ------------------------------------------------------------
 
 def test_evaluate_refuses_a_run_whose_source_was_trained_again(world, tmp_path, capsys):

@@ -35,7 +35,7 @@ import yaml
 
 from .. import peft
 from ..cache.fingerprint import differences
-from ..config import Config, load_config, save_config, validate
+from ..config import NOT_COMPUTED, Config, load_config, read_run_config, save_config, validate
 from ..errors import Adapter4RecError, ConfigError
 from ..pipeline import SOURCE_SHAPES
 from ..peft.options import parse as parse_options
@@ -58,8 +58,6 @@ SYNTHETIC = {  # --smoke data: sizes of make_transfer_pair / make_image_transfer
               "image_size": 32},
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
-# keys that change how a run goes, not what it computes: a finished run stays valid across them
-NOT_COMPUTED = ("train.progress", "train.num_workers", "train.checkpoint_every")
 # paths that differ between machines for the same content (ADAPTER4REC_DATASETS, a moved copy):
 # compared by their last part, the dataset's or the model's folder name
 MOVABLE = ("data.path", "model.pretrained")
@@ -602,14 +600,10 @@ def _get(tree: dict, dotted: str):
 def saved_config(folder: Path) -> dict | str | None:
     """A run folder's config.yaml as a mapping; None without one; a string saying what is wrong
     with it (``drift`` reports it)."""
-    path = folder / "config.yaml"
-    if not path.is_file():
-        return None
     try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        return f"its config.yaml cannot be read ({str(e).splitlines()[0]})"
-    return saved if isinstance(saved, dict) else "its config.yaml is not a mapping"
+        return read_run_config(folder)
+    except ConfigError as e:
+        return str(e)
 
 
 def drift(saved: dict | str | None, cfg: Config) -> list[str]:

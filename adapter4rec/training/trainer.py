@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, save_config
+from ..cache.fingerprint import differences
+from ..config import NOT_COMPUTED, Config, TrainConfig, read_run_config, save_config
 from ..data.batching import TrainBatches
 from ..data.split import RecData, check_folder
 from ..errors import Adapter4RecError, CheckpointError, ConfigError, StorageError
@@ -56,6 +57,12 @@ log = logging.getLogger("adapter4rec")
 
 RANKS_FILE = "ranks.npz"  # valid / test: float32 per-user ranks (inf: never a hit); epoch
 RESOURCES_FILE = "resources.json"  # peak memory and seconds, per epoch
+# train keys a resume may change (``Trainer._check_train_settings``): how the run goes, what it
+# keeps, and when it stops (epochs only without a schedule, whose length they set); amp and
+# init_from have their own checks (the precision of every start; the source's fingerprint)
+RESUME_FREE = tuple(k.split(".")[1] for k in NOT_COMPUTED) + (
+    "tensorboard", "compile", "keep_latest", "best_optimizer", "patience", "min_delta",
+    "eval_every", "amp", "init_from")
 
 
 class TrainingError(Adapter4RecError):
@@ -222,6 +229,7 @@ class Trainer:
         check_fingerprints(saved.get("fingerprints"), self.fingerprints, f"checkpoint {found}",
                            ("data", "seed", "model", "peft", "frozen", "source"))
         _check_position(saved, self.steps, found)
+        self._check_train_settings()
         load_into(self.model, weights, str(found))
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scheduler is not None and saved.get("scheduler"):
@@ -236,6 +244,26 @@ class Trainer:
             _keep_records_before(self.output / "metrics.jsonl", self.state.epoch)
         log.info("resumed from %s: epoch %d step %d (global step %d)", found, self.state.epoch,
                  self.state.step, self.state.global_step)
+
+    def _check_train_settings(self) -> None:
+        """A resume continues with the train.* settings the run began with. The optimizer's state
+        holds the learning rates it began with (loading it sets them back), while config.yaml
+        would be rewritten with the new ones: a changed rate, objective or schedule would be
+        trained one way and recorded another. ``RESUME_FREE`` keys may change."""
+        saved = (read_run_config(self.output) or {}).get("train")
+        if not isinstance(saved, dict):
+            return
+        now, defaults = self.cfg.train, TrainConfig()
+        free = RESUME_FREE + (("epochs",) if now.scheduler == "none" else ())
+        changed = [f"train.{k} {saved[k] if k in saved else '(unset)'!r} -> {getattr(now, k)!r}"
+                   for k in differences(saved, dataclasses.asdict(now))
+                   if k not in free and hasattr(now, k)
+                   and (k in saved or getattr(now, k) != getattr(defaults, k))]
+        if changed:
+            raise CheckpointError(
+                f"{self.output}: cannot resume with other training settings than the run began "
+                f"with ({'; '.join(changed)}): resume with its config.yaml's values, or start it "
+                "anew in another output folder")
 
     def save_checkpoint(self, name: str) -> None:
         """checkpoints/<name>: the trainable weights and everything to continue exactly."""
