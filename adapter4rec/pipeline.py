@@ -103,7 +103,7 @@ def adopt_source_shapes(cfg: Config) -> dict:
         return {}
     run = Path(cfg.train.init_from)
     try:
-        saved = read_run_config(run) if run.is_dir() else None
+        saved = read_run_config(run)  # None for a checkpoint folder or a weights file
     except ConfigError as e:
         raise ConfigError(f"train.init_from {run}: {e}") from None
     if saved is None:
@@ -359,6 +359,37 @@ def read_run_file(run: str | Path) -> dict | None:
                               f"version of adapter4rec reads up to {RUN_FORMAT_VERSION}: upgrade "
                               "adapter4rec (see CHANGELOG.md)")
     return info
+
+
+MISSING = object()  # a key one of two configs lacks (``config_changes``)
+
+
+def dotted_get(tree: dict, dotted: str):
+    """``tree``'s value at a dotted key (``train.lr``), ``MISSING`` where there is none."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return MISSING
+        tree = tree[part]
+    return tree
+
+
+def config_changes(saved: dict, cfg: Config) -> list[tuple[str, object, object]]:
+    """How a run's saved config (``read_run_config``) differs from ``cfg``: ``(dotted key, old,
+    new)``, ``MISSING`` where one side lacks the key. Not a change: a key added to the library
+    after the run, at its default. Callers drop what they allow (suites: ``suite.drift``;
+    resumes: ``Trainer._check_train_settings``)."""
+    built, defaults = cfg.to_dict(), Config().to_dict()
+    out = []
+    for key in differences(saved, built):
+        old, new = dotted_get(saved, key), dotted_get(built, key)
+        if not (old is MISSING and new == dotted_get(defaults, key)):
+            out.append((key, old, new))
+    return out
+
+
+def change_text(key: str, old, new) -> str:
+    """``key old -> new``, as every config-change error names a change."""
+    return f"{key} {'(unset)' if old is MISSING else repr(old)} -> {new!r}"
 
 
 def check_fingerprints(saved: dict | None, now: dict, where: str, keys, allow_source: bool = False):

@@ -34,10 +34,9 @@ from pathlib import Path
 import yaml
 
 from .. import peft
-from ..cache.fingerprint import differences
 from ..config import NOT_COMPUTED, Config, load_config, read_run_config, save_config, validate
 from ..errors import Adapter4RecError, ConfigError
-from ..pipeline import SOURCE_SHAPES
+from ..pipeline import MISSING, SOURCE_SHAPES, change_text, config_changes, dotted_get
 from ..peft.options import parse as parse_options
 from ..runtime.io import FolderLock, write_text_atomic
 from ..training.trainer import train
@@ -61,7 +60,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 # paths that differ between machines for the same content (ADAPTER4REC_DATASETS, a moved copy):
 # compared by their last part, the dataset's or the model's folder name
 MOVABLE = ("data.path", "model.pretrained")
-_MISSING = object()
 
 
 # ------------------------------------------------------------------------------------ the format
@@ -589,14 +587,6 @@ class Suite:
                               + "\n  ".join(errors[:20]) + more)
 
 
-def _get(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return _MISSING
-        tree = tree[part]
-    return tree
-
-
 def saved_config(folder: Path) -> dict | str | None:
     """A run folder's config.yaml as a mapping; None without one; a string saying what is wrong
     with it (``drift`` reports it)."""
@@ -617,19 +607,12 @@ def drift(saved: dict | str | None, cfg: Config) -> list[str]:
         return []
     if isinstance(saved, str):
         return [saved]
-    built, defaults = cfg.to_dict(), Config().to_dict()
-    out = []
-    for key in differences(saved, built):
-        old, new = _get(saved, key), _get(built, key)
-        default = _get(defaults, key)
-        if (new is _MISSING or key in NOT_COMPUTED
-                or (old is _MISSING and new == default)
-                or (key in SOURCE_SHAPES and new == default)
-                or (key in MOVABLE and isinstance(old, str) and isinstance(new, str)
-                    and Path(old).name == Path(new).name)):
-            continue
-        out.append(f"{key} {'(unset)' if old is _MISSING else repr(old)} -> {new!r}")
-    return out
+    defaults = Config().to_dict()
+    return [change_text(key, old, new) for key, old, new in config_changes(saved, cfg)
+            if not (new is MISSING or key in NOT_COMPUTED
+                    or (key in SOURCE_SHAPES and new == dotted_get(defaults, key))
+                    or (key in MOVABLE and isinstance(old, str) and isinstance(new, str)
+                        and Path(old).name == Path(new).name))]
 
 
 def _drift_error(run: Run, changed: list[str], candidates: bool = False) -> str:

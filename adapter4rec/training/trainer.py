@@ -34,14 +34,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cache.fingerprint import differences
-from ..config import NOT_COMPUTED, Config, TrainConfig, read_run_config, save_config
+from ..config import NOT_COMPUTED, Config, read_run_config, save_config
 from ..data.batching import TrainBatches
 from ..data.split import RecData, check_folder
 from ..errors import Adapter4RecError, CheckpointError, ConfigError, StorageError
 from ..evaluation.evaluator import log_unreachable
-from ..pipeline import (RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, build_run, check_fingerprints,
-                        read_run_file, start_precisions)
+from ..pipeline import (MISSING, RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, build_run, change_text,
+                        check_fingerprints, config_changes, read_run_file, start_precisions)
 from ..runtime import distributed as dist
 from ..runtime.io import FolderLock, atomic_write, load_into, write_text_atomic
 from ..runtime.logging import progress_enabled, setup_logging
@@ -250,15 +249,14 @@ class Trainer:
         holds the learning rates it began with (loading it sets them back), while config.yaml
         would be rewritten with the new ones: a changed rate, objective or schedule would be
         trained one way and recorded another. ``RESUME_FREE`` keys may change."""
-        saved = (read_run_config(self.output) or {}).get("train")
-        if not isinstance(saved, dict):
+        saved = read_run_config(self.output)
+        if saved is None:
             return
-        now, defaults = self.cfg.train, TrainConfig()
-        free = RESUME_FREE + (("epochs",) if now.scheduler == "none" else ())
-        changed = [f"train.{k} {saved[k] if k in saved else '(unset)'!r} -> {getattr(now, k)!r}"
-                   for k in differences(saved, dataclasses.asdict(now))
-                   if k not in free and hasattr(now, k)
-                   and (k in saved or getattr(now, k) != getattr(defaults, k))]
+        free = RESUME_FREE + (("epochs",) if self.cfg.train.scheduler == "none" else ())
+        changed = [change_text(key, old, new)
+                   for key, old, new in config_changes(saved, self.cfg)
+                   if key.startswith("train.") and new is not MISSING
+                   and key.split(".", 1)[1] not in free]
         if changed:
             raise CheckpointError(
                 f"{self.output}: cannot resume with other training settings than the run began "
