@@ -131,6 +131,41 @@ def test_resume_with_a_schedule_refuses_other_epochs(world, tmp_path):
         train(load_config(run / "config.yaml", ["train.epochs=2"]), run, resume=True)
 
 
+def test_resume_with_another_selection_metric_is_refused(world, tmp_path):
+    """The best epoch so far is a score of eval.metric at eval.k: resumed with another k or
+    metric, the next epochs were compared with a score of another measure (NDCG@5 against the
+    best NDCG@10), and the run kept, and reported the test numbers of, the wrong epoch. A resume
+    refuses a changed eval key that sets what the validation score is; the scoring chunk sizes
+    still change freely."""
+    _, src, _, _ = world
+    run = tmp_path / "run"
+    train(load_config(overrides=sets(src)), run)
+    with pytest.raises(CheckpointError, match=r"eval\.k 10 -> 5"):
+        train(load_config(run / "config.yaml", ["eval.k=5", "train.epochs=2"]), run, resume=True)
+    with pytest.raises(CheckpointError, match=r"eval\.metric 'ndcg' -> 'auc'"):
+        train(load_config(run / "config.yaml", ["eval.metric=auc", "train.epochs=2"]), run,
+              resume=True)
+    res = train(load_config(run / "config.yaml", ["eval.batch_size=7", "eval.item_batch_size=5",
+                                                  "train.epochs=2"]), run, resume=True)
+    assert res["global_steps"] > 0
+
+
+def test_resume_with_other_auc_negatives_is_refused_only_under_auc(world, tmp_path):
+    """Under eval.metric auc the sampled negatives make the score (another seed, other
+    negatives); under ndcg they enter no score the run selects on, and may change."""
+    _, src, _, _ = world
+    run = tmp_path / "run"
+    train(load_config(overrides=sets(src, eval__metric="auc", eval__auc_negatives=10)), run)
+    with pytest.raises(CheckpointError, match=r"eval\.auc_seed 0 -> 1"):
+        train(load_config(run / "config.yaml", ["eval.auc_seed=1", "train.epochs=2"]), run,
+              resume=True)
+    run = tmp_path / "ndcg"
+    train(load_config(overrides=sets(src)), run)
+    res = train(load_config(run / "config.yaml", ["eval.auc_seed=1", "train.epochs=2"]), run,
+                resume=True)
+    assert res["global_steps"] > 0
+
+
 # --- sources: evaluate, adapters, the bank ------------------------------------------------------------
 
 def test_evaluate_refuses_a_run_whose_source_was_trained_again(world, tmp_path, capsys):

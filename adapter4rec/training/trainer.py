@@ -40,7 +40,8 @@ from ..data.split import RecData, check_folder
 from ..errors import Adapter4RecError, CheckpointError, ConfigError, StorageError
 from ..evaluation.evaluator import log_unreachable
 from ..pipeline import (MISSING, RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, build_run, change_text,
-                        check_fingerprints, config_changes, read_run_file, start_precisions)
+                        check_fingerprints, config_changes, dotted_get, read_run_file,
+                        start_precisions)
 from ..runtime import distributed as dist
 from ..runtime.io import FolderLock, atomic_write, load_into, write_text_atomic
 from ..runtime.logging import progress_enabled, setup_logging
@@ -62,6 +63,11 @@ RESOURCES_FILE = "resources.json"  # peak memory and seconds, per epoch
 RESUME_FREE = tuple(k.split(".")[1] for k in NOT_COMPUTED) + (
     "tensorboard", "compile", "keep_latest", "best_optimizer", "patience", "min_delta",
     "eval_every", "amp", "init_from")
+# eval keys a resume may not change: they set what the validation score is, and the best epoch so
+# far (kept with its score) is compared with the next epochs' scores; the auc_* keys only with
+# eval.metric auc, the one score they enter
+RESUME_SCORED = ("k", "metric")
+RESUME_SCORED_AUC = ("auc_negatives", "auc_seed", "auc_users")
 
 
 class TrainingError(Adapter4RecError):
@@ -248,18 +254,27 @@ class Trainer:
         """A resume continues with the train.* settings the run began with. The optimizer's state
         holds the learning rates it began with (loading it sets them back), while config.yaml
         would be rewritten with the new ones: a changed rate, objective or schedule would be
-        trained one way and recorded another. ``RESUME_FREE`` keys may change."""
+        trained one way and recorded another. ``RESUME_FREE`` keys may change. Nor may the eval
+        keys that make the validation score (``RESUME_SCORED``): the best so far is a score of
+        the old measure."""
         saved = read_run_config(self.output)
         if saved is None:
             return
         free = RESUME_FREE + (("epochs",) if self.cfg.train.scheduler == "none" else ())
+        scored = RESUME_SCORED + (RESUME_SCORED_AUC if "auc" in (
+            self.cfg.eval.metric, dotted_get(saved, "eval.metric")) else ())
+
+        def refused(key: str) -> bool:
+            section, name = key.split(".", 1)
+            return ((section == "train" and name not in free)
+                    or (section == "eval" and name in scored))
+
         changed = [change_text(key, old, new)
                    for key, old, new in config_changes(saved, self.cfg)
-                   if key.startswith("train.") and new is not MISSING
-                   and key.split(".", 1)[1] not in free]
+                   if new is not MISSING and refused(key)]
         if changed:
             raise CheckpointError(
-                f"{self.output}: cannot resume with other training settings than the run began "
+                f"{self.output}: cannot resume with other training or scoring settings than the run began "
                 f"with ({'; '.join(changed)}): resume with its config.yaml's values, or start it "
                 "anew in another output folder")
 
