@@ -166,6 +166,28 @@ def test_resume_with_other_auc_negatives_is_refused_only_under_auc(world, tmp_pa
     assert res["global_steps"] > 0
 
 
+def test_resume_with_other_scored_or_cached_inputs_is_refused(world, tmp_path):
+    """Two settings outside train.* and the fingerprints change what a resumed run computes:
+    data.exclude_history changes which items are ranked (another validation score), and the
+    cache's dtype the hidden states the steps read (float16 or bfloat16 words). Both are refused
+    on resume; where the cache lives (cache.dir) may change."""
+    _, src, _, bert = world
+    run = tmp_path / "run"
+    train(load_config(overrides=sets(src)), run)
+    with pytest.raises(CheckpointError, match=r"data\.exclude_history True -> False"):
+        train(load_config(run / "config.yaml", ["data.exclude_history=false", "train.epochs=2"]),
+              run, resume=True)
+    run = tmp_path / "iisan"
+    train(load_config(overrides=sets(src, bert, peft__method="iisan",
+                                     cache__dir=tmp_path / "c1")), run)
+    with pytest.raises(CheckpointError, match=r"cache\.dtype 'float16' -> 'bfloat16'"):
+        train(load_config(run / "config.yaml", ["cache.dtype=bfloat16", "train.epochs=2"]), run,
+              resume=True)
+    res = train(load_config(run / "config.yaml", [f"cache.dir={tmp_path / 'c2'}",
+                                                  "train.epochs=2"]), run, resume=True)
+    assert res["global_steps"] > 0
+
+
 # --- sources: evaluate, adapters, the bank ------------------------------------------------------------
 
 def test_evaluate_refuses_a_run_whose_source_was_trained_again(world, tmp_path, capsys):

@@ -63,11 +63,13 @@ RESOURCES_FILE = "resources.json"  # peak memory and seconds, per epoch
 RESUME_FREE = tuple(k.split(".")[1] for k in NOT_COMPUTED) + (
     "tensorboard", "compile", "keep_latest", "best_optimizer", "patience", "min_delta",
     "eval_every", "amp", "init_from")
-# eval keys a resume may not change: they set what the validation score is, and the best epoch so
-# far (kept with its score) is compared with the next epochs' scores; the auc_* keys only with
-# eval.metric auc, the one score they enter
-RESUME_SCORED = ("k", "metric")
-RESUME_SCORED_AUC = ("auc_negatives", "auc_seed", "auc_users")
+# keys outside train.* (and the fingerprints) a resume may not change either: eval's that make the
+# validation score (the best epoch so far is kept with its score, and the next epochs are compared
+# with it; auc_* only under eval.metric auc, the one score they enter), which items are ranked,
+# the images' size, and the cache's keys that set the states the steps read (their rounding)
+RESUME_FIXED = ("eval.k", "eval.metric", "data.exclude_history", "data.image_size",
+                "cache.enabled", "cache.frozen", "cache.dtype", "cache.prefix")
+RESUME_FIXED_AUC = ("eval.auc_negatives", "eval.auc_seed", "eval.auc_users")
 
 
 class TrainingError(Adapter4RecError):
@@ -254,20 +256,18 @@ class Trainer:
         """A resume continues with the train.* settings the run began with. The optimizer's state
         holds the learning rates it began with (loading it sets them back), while config.yaml
         would be rewritten with the new ones: a changed rate, objective or schedule would be
-        trained one way and recorded another. ``RESUME_FREE`` keys may change. Nor may the eval
-        keys that make the validation score (``RESUME_SCORED``): the best so far is a score of
-        the old measure."""
+        trained one way and recorded another. ``RESUME_FREE`` keys may change; the
+        ``RESUME_FIXED`` keys of other sections may not (another validation score, other inputs)."""
         saved = read_run_config(self.output)
         if saved is None:
             return
         free = RESUME_FREE + (("epochs",) if self.cfg.train.scheduler == "none" else ())
-        scored = RESUME_SCORED + (RESUME_SCORED_AUC if "auc" in (
+        fixed = RESUME_FIXED + (RESUME_FIXED_AUC if "auc" in (
             self.cfg.eval.metric, dotted_get(saved, "eval.metric")) else ())
 
         def refused(key: str) -> bool:
             section, name = key.split(".", 1)
-            return ((section == "train" and name not in free)
-                    or (section == "eval" and name in scored))
+            return (name not in free) if section == "train" else key in fixed
 
         changed = [change_text(key, old, new)
                    for key, old, new in config_changes(saved, self.cfg)
