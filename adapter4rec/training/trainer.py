@@ -274,9 +274,9 @@ class Trainer:
                    if new is not MISSING and refused(key)]
         if changed:
             raise CheckpointError(
-                f"{self.output}: cannot resume with other training or scoring settings than the run began "
-                f"with ({'; '.join(changed)}): resume with its config.yaml's values, or start it "
-                "anew in another output folder")
+                f"{self.output}: cannot resume with other training or scoring settings than the run "
+                f"began with ({'; '.join(changed)}): resume with its config.yaml's values, or start "
+                "it anew in another output folder")
 
     def save_checkpoint(self, name: str) -> None:
         """checkpoints/<name>: the trainable weights and everything to continue exactly."""
