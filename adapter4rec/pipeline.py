@@ -377,8 +377,11 @@ def config_changes(saved: dict, cfg: Config) -> list[tuple[str, object, object]]
     """How a run's saved config (``read_run_config``) differs from ``cfg``: ``(dotted key, old,
     new)``, ``MISSING`` where one side lacks the key. Not a change: a key added to the library
     after the run, at its default. Callers drop what they allow (suites: ``suite.drift``;
-    resumes: ``Trainer._check_train_settings``)."""
+    resumes: ``Trainer._check_train_settings``). ``cfg``'s PEFT options are compared as the build
+    records them in config.yaml (``peft.resolve``: ``positions: ffn`` is ``['ffn']``)."""
     built, defaults = cfg.to_dict(), Config().to_dict()
+    built["peft"]["options"] = peft.resolve(cfg.peft.method, cfg.peft.options)
+    defaults["peft"]["options"] = peft.defaults(cfg.peft.method)  # an option added after the run
     out = []
     for key in differences(saved, built):
         old, new = dotted_get(saved, key), dotted_get(built, key)

@@ -198,6 +198,26 @@ def test_a_finished_run_made_with_another_config_is_refused_not_skipped(tmp_path
             run_suite(write(tmp_path, body), dry_run=dry, echo=lambda _: None)
 
 
+def test_a_method_option_in_short_form_is_no_drift(tmp_path, domains):
+    """config.yaml records every PEFT option as the build resolved it (``positions: ffn`` as
+    ``['ffn']``); the drift check compared that with the suite's unresolved value and refused
+    pfeiffer's finished selection runs as made with another config. The suite's options are now
+    resolved the same way before they are compared, so the runs are skipped (and linked)."""
+    out = tmp_path / "out"
+    body = {"set": quick(domains[1], **{"peft.options.towers": "user",
+                                        "peft.options.positions": "ffn"}),
+            "grid": {"peft.method": ["pfeiffer"], "train.seed": [1]},
+            "select": {"key": "train.lr_peft", "values": [1e-4, 5e-4], "per": ["peft.method"]},
+            "output": str(out)}
+    run_suite(write(tmp_path, body), echo=lambda _: None)
+    saved = yaml.safe_load((out / "select" / "method=pfeiffer,lr_peft=0.0001" / "config.yaml")
+                           .read_text(encoding="utf-8"))
+    assert saved["peft"]["options"]["positions"] == ["ffn"]  # the resolved form
+    lines = []
+    run_suite(write(tmp_path, body), echo=lines.append)
+    assert set(statuses(out).values()) <= {"skipped", "linked"}, statuses(out)
+
+
 def test_a_run_of_a_selection_made_with_another_choice_is_refused(tmp_path, domains, monkeypatch):
     """check() accepts a main run of a group made with any candidate value; the runner then
     compares it with the value the selection chose."""

@@ -567,12 +567,12 @@ class Suite:
             for selected in options:
                 try:
                     cfg = self.config_of(run, selected)
+                    if saved is not None:  # resolves the method's options: may refuse one
+                        changed.append(drift(saved, cfg))
                 except ConfigError as e:
                     errors.append(f"run {run.name}: {e}")
                     changed = []
                     break
-                if saved is not None:
-                    changed.append(drift(saved, cfg))
             if changed and all(changed):
                 errors.append(_drift_error(run, min(changed, key=len), len(changed) > 1))
         folders = {}
@@ -599,8 +599,9 @@ def saved_config(folder: Path) -> dict | str | None:
 def drift(saved: dict | str | None, cfg: Config) -> list[str]:
     """How the config a run folder was made with (``saved_config``) differs from ``cfg``, the
     config the suite gives that run now: ``key old -> new`` for each key that changes what the
-    run computes. Not drift: a key ``cfg`` leaves out that the build filled in (a method's option
-    defaults), a key added to the library after the run (at its default), a source's shape the
+    run computes. ``cfg``'s PEFT options are compared as the build records them (short forms
+    resolved, the method's defaults filled in). Not drift: a key ``cfg`` leaves out that the build
+    filled in, a key added to the library after the run (at its default), a source's shape the
     run took (``SOURCE_SHAPES``, left at the default), ``NOT_COMPUTED``, and a ``MOVABLE`` path
     whose last part is the same."""
     if saved is None:

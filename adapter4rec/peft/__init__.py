@@ -18,7 +18,7 @@ from .bottleneck import Bottleneck
 from .files import AdapterBank, load_adapter, model_bytes, read_adapter, save_adapter
 from .lora import merge, unmerge
 from .options import describe
-from .registry import apply, available, defaults, get, register, summary
+from .registry import apply, available, defaults, get, register, resolve, summary
 from ..encoders.sites import SITE_MAPS, SiteMap, site_map
 
 
@@ -27,6 +27,6 @@ def options_of(method: str) -> list[tuple[str, object, str]]:
     return describe(get(method).options)
 
 
-__all__ = ["available", "apply", "summary", "defaults", "options_of", "register", "save_adapter",
-           "load_adapter", "read_adapter", "AdapterBank", "merge", "unmerge", "model_bytes",
+__all__ = ["available", "apply", "summary", "defaults", "resolve", "options_of", "register",
+           "save_adapter", "load_adapter", "read_adapter", "AdapterBank", "merge", "unmerge", "model_bytes",
            "Bottleneck", "SiteMap", "SITE_MAPS", "site_map"]

@@ -73,6 +73,12 @@ def defaults(method: str) -> dict:
     return get(method).options().to_dict()
 
 
+def resolve(method: str, options: dict) -> dict:
+    """``options`` as ``apply`` parses and records them (aliases, short forms such as ``positions:
+    ffn`` -> ``['ffn']``, every default filled in), without a model."""
+    return opt.parse(get(method).options, method, options).to_dict()
+
+
 def apply(model: nn.Module, method: str = "full", **options) -> dict:
     """Insert ``method`` into ``model`` (a Recommender) and freeze; returns ``summary(model)``.
 
@@ -126,5 +132,6 @@ def summary(model: nn.Module) -> dict:
             "inserted": inserted, "towers": per}
 
 
-__all__ = ["Method", "REGISTRY", "register", "available", "get", "defaults", "apply", "summary",
+__all__ = ["Method", "REGISTRY", "register", "available", "get", "defaults", "resolve", "apply",
+           "summary",
            "mark_tuned", "Tower", "ORDER"]
