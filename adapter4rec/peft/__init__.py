@@ -28,5 +28,5 @@ def options_of(method: str) -> list[tuple[str, object, str]]:
 
 
 __all__ = ["available", "apply", "summary", "defaults", "resolve", "options_of", "register",
-           "save_adapter", "load_adapter", "read_adapter", "AdapterBank", "merge", "unmerge", "model_bytes",
-           "Bottleneck", "SiteMap", "SITE_MAPS", "site_map"]
+           "save_adapter", "load_adapter", "read_adapter", "AdapterBank", "merge", "unmerge",
+           "model_bytes", "Bottleneck", "SiteMap", "SITE_MAPS", "site_map"]

@@ -133,5 +133,4 @@ def summary(model: nn.Module) -> dict:
 
 
 __all__ = ["Method", "REGISTRY", "register", "available", "get", "defaults", "resolve", "apply",
-           "summary",
-           "mark_tuned", "Tower", "ORDER"]
+           "summary", "mark_tuned", "Tower", "ORDER"]
