@@ -70,6 +70,15 @@ for f in 0.1 0.25 1; do
   done
   ((${#iisan[@]})) && pairs+=(--pair "users=$f,method=iisan,seed=*:*popularity/users=$f")
 done
+# which placement matters? each other adapter against houlsby (after attention and FFN) at the
+# same fraction: one FFN adapter (pfeiffer), a side network beside the layers (kadapter), LoRA in
+# attention, compacter's low-rank adapters in houlsby's places
+for f in 0.1 0.25; do
+  [ -f "$H/method=houlsby,users=$f/metrics.json" ] || continue
+  for m in pfeiffer kadapter lora compacter; do
+    [ -f "$H/method=$m,users=$f/metrics.json" ] && pairs+=(--pair "method=$m,users=$f:method=houlsby,users=$f")
+  done
+done
 # does the objective matter? each BCE run against its method's default-objective run at 10% (the
 # same learning rate: the BCE runs take their method's selected one); no automatic pair crosses
 # objectives
