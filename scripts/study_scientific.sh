@@ -79,6 +79,9 @@ for f in 0.1 0.25; do
     [ -f "$H/method=$m,users=$f/metrics.json" ] && pairs+=(--pair "method=$m,users=$f:method=houlsby,users=$f")
   done
 done
+# did the grid hold compacter back? its config file's rate (4e-3) against its selected run at 10%
+[ -f "$H/method=compacter,lr_peft=4e-3,users=0.1/metrics.json" ] && [ -f "$H/method=compacter,users=0.1/metrics.json" ] \
+  && pairs+=(--pair "method=compacter,lr_peft=4e-3,users=0.1:method=compacter,users=0.1")
 # does the objective matter? each BCE run against its method's default-objective run at 10% (the
 # same learning rate: the BCE runs take their method's selected one); no automatic pair crosses
 # objectives
