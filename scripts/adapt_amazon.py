@@ -21,10 +21,13 @@ from ``scripts/pretrain_hm.py --smoke`` (run first if absent).
 from pathlib import Path
 
 from adapter4rec.experiments.images import adapt_amazon
+from adapter4rec.runtime.distributed import teardown
 
 
 def main(argv=None):
-    return adapt_amazon(argv, root=Path(__file__).resolve().parents[1])
+    result = adapt_amazon(argv, root=Path(__file__).resolve().parents[1])
+    teardown()  # under torchrun: leave the process group before the exit (runtime.distributed)
+    return result
 
 
 if __name__ == "__main__":

@@ -16,10 +16,13 @@ runs/smoke/), to check the whole path on any machine.
 from pathlib import Path
 
 from adapter4rec.experiments.images import pretrain_hm
+from adapter4rec.runtime.distributed import teardown
 
 
 def main(argv=None):
-    return pretrain_hm(argv, root=Path(__file__).resolve().parents[1])
+    result = pretrain_hm(argv, root=Path(__file__).resolve().parents[1])
+    teardown()  # under torchrun: leave the process group before the exit (runtime.distributed)
+    return result
 
 
 if __name__ == "__main__":

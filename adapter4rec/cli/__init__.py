@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import Adapter4RecError
+from ..runtime import distributed as dist
 from .cache import add_cache_parser
 from .lmdb import add_build_lmdb_parser
 from .suite import add_suite_parser, suite_file
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         args.func(args)
+        dist.teardown()
     except Adapter4RecError as err:
         print(f"adapter4rec: error: {err}", file=sys.stderr)
         return 2

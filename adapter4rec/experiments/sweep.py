@@ -26,6 +26,7 @@ from ..errors import Adapter4RecError, ConfigError
 from ..peft import available
 from ..peft.options import parse
 from ..peft.registry import get as peft_get
+from ..runtime import distributed as dist
 from ..training.trainer import train
 
 COLUMNS = ("method", "trainable", "total", "adapter_mb", "model_mb", "valid_NDCG@10", "test_HR@10",
@@ -199,6 +200,7 @@ def main(target: str, description: str, argv: list[str] | None = None,
         return report(f"adapt {target}", err)
     if _main_process():
         print(format_table(rows))
+    dist.teardown()  # under torchrun: before the exit, which could abort a rank (runtime.distributed)
     return 0
 
 
@@ -221,4 +223,5 @@ def pretrain_main(name: str, description: str, argv: list[str] | None = None,
         return report(f"pretrain {name}", err)
     if _main_process():
         print(format_table(rows))
+    dist.teardown()  # under torchrun: before the exit, which could abort a rank (runtime.distributed)
     return 0

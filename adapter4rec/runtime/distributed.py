@@ -38,6 +38,16 @@ def setup() -> torch.device:
     return torch.device("cpu")
 
 
+def teardown() -> None:
+    """Leave the process group once a command has finished. Left to the interpreter's exit, gloo's
+    worker threads are destroyed in no fixed order and a rank can die of SIGABRT ("terminate called
+    without an active exception", pytorch#190489) after its run finished, so torchrun reports it
+    failed. Called on success only: destroying while another rank still waits in a collective can
+    hang (torchtitan#1342); a failed command exits and lets torchrun stop the others."""
+    if active():
+        td.destroy_process_group()
+
+
 def shard_range(n: int, r: int, w: int) -> tuple[int, int]:
     """Contiguous shard [lo, hi) of n elements for rank r of w (sizes differ by at most 1)."""
     base, extra = divmod(n, w)
